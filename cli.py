@@ -1,0 +1,46 @@
+"""`tsa`: the command-line interface. Only commands that work are offered."""
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="tsa",
+    help="Tempered Self-similarity Alignment: cache teacher features once, then fine-tune "
+    "CogVideoX toward the teacher's motion correspondences.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version() -> str:
+    try:
+        return version("tsa")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tsa {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version_: Optional[bool] = typer.Option(
+        None, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """tsa: preprocess clips into shards, train with M-TSA, inspect the cache."""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,390 @@
+"""Typed configuration: dataclasses loaded from YAML, with `key=value` overrides.
+
+Every size the pipeline and the trainer use comes from here; nothing is hard-coded.
+Derived geometry (latent shape, token grids) is computed by `Geometry` properties so
+that `dataset.json` and the model configs can be checked against one source.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+REQUIRED = "???"  # a YAML value that must be set (by the file or by an override)
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the dotted key."""
+
+
+@dataclass
+class Geometry:
+    """Clip, latent, text and token-grid sizes (SPEC section 2)."""
+
+    num_frames: int = 49  # clip frames F' fed to the VAE
+    height: int = 480
+    width: int = 720
+    latent_channels: int = 16
+    vae_temporal_compression: int = 4
+    vae_spatial_compression: int = 8
+    student_patch: int = 2  # spatial patch of the student transformer
+    teacher_scale: int = 3  # teacher input = frames[1:] resized by 1/teacher_scale
+    tubelet: list[int] = field(default_factory=lambda: [2, 16, 16])  # (Pt, Ph, Pw)
+    text_length: int = 226
+    text_dim: int = 4096
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """[C, F, H, W] of one VAE latent, e.g. [16, 13, 60, 90]."""
+        f = (self.num_frames - 1) // self.vae_temporal_compression + 1
+        s = self.vae_spatial_compression
+        return (self.latent_channels, f, self.height // s, self.width // s)
+
+    @property
+    def student_grid(self) -> tuple[int, int, int]:
+        """(F, H, W) of the student's video tokens, e.g. (13, 30, 45)."""
+        _, f, h, w = self.latent_shape
+        return (f, h // self.student_patch, w // self.student_patch)
+
+    @property
+    def teacher_input(self) -> tuple[int, int, int]:
+        """(T, H, W) of the teacher's frames, e.g. (48, 160, 240): frame 0 dropped."""
+        return (self.num_frames - 1, self.height // self.teacher_scale, self.width // self.teacher_scale)
+
+    @property
+    def teacher_grid(self) -> tuple[int, int, int]:
+        """(F, H, W) of teacher tokens and motion maps, e.g. (24, 10, 15)."""
+        t, h, w = self.teacher_input
+        pt, ph, pw = self.tubelet
+        return (t // pt, h // ph, w // pw)
+
+    @property
+    def text_shape(self) -> tuple[int, int]:
+        return (self.text_length, self.text_dim)
+
+    def validate(self) -> None:
+        t, h, w = self.teacher_input
+        pt, ph, pw = self.tubelet
+        checks = [
+            ((self.num_frames - 1) % self.vae_temporal_compression == 0,
+             f"geometry.num_frames={self.num_frames}: num_frames - 1 must be a multiple of "
+             f"vae_temporal_compression={self.vae_temporal_compression}"),
+            (self.height % (self.vae_spatial_compression * self.student_patch) == 0
+             and self.width % (self.vae_spatial_compression * self.student_patch) == 0,
+             f"geometry.height/width={self.height}x{self.width} must be multiples of "
+             f"vae_spatial_compression*student_patch"),
+            (self.height % self.teacher_scale == 0 and self.width % self.teacher_scale == 0,
+             "geometry.height/width must be multiples of geometry.teacher_scale"),
+            (t % pt == 0 and h % ph == 0 and w % pw == 0,
+             f"geometry: teacher input {t}x{h}x{w} is not divisible by tubelet {self.tubelet}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+
+@dataclass
+class TinyStudent:
+    """Architecture of the random-weight student used when `models.student` is `tiny`."""
+
+    num_attention_heads: int = 2
+    attention_head_dim: int = 16
+    num_layers: int = 2
+    time_embed_dim: int = 32
+
+
+@dataclass
+class TeacherConfig:
+    """VideoMAEv2 ViT (SPEC section 2). `checkpoint` is a .pth or .safetensors path, or `tiny`."""
+
+    checkpoint: str = REQUIRED
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    pos_grid: list[int] = field(default_factory=lambda: [8, 14, 14])  # grid of the pretrained table
+
+
+@dataclass
+class ModelsConfig:
+    """Where each model comes from: a hub id, a local path, or `tiny` (random weights, fixed
+    seed, built from the tiny architecture below and saved so it loads through the real path)."""
+
+    student: str = "THUDM/CogVideoX-2b"  # subfolder transformer
+    vae: str = "THUDM/CogVideoX-2b"  # subfolder vae
+    text_encoder: str = "THUDM/CogVideoX-2b"  # subfolder text_encoder
+    tokenizer: str = "THUDM/CogVideoX-2b"  # subfolder tokenizer
+    scheduler: str = "THUDM/CogVideoX-2b"  # subfolder scheduler
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    tiny_student: TinyStudent = field(default_factory=TinyStudent)
+    tiny_seed: int = 0
+
+
+@dataclass
+class AlignConfig:
+    loss: str = "mtsa"  # mtsa | tsa | trd | repa | none
+    weight: float = 0.5  # lambda of Eq. 14
+    tau: float = 0.1
+    ratio: float = 0.2  # k of Eq. 12
+    layer: int = 18  # 1-indexed: output of block `layer`
+    margin: float = 0.1  # TRD margin
+    projector_hidden: int = 2048
+    query_chunk: int = 256  # rows per chunk in the M-TSA custom backward
+
+    def validate(self) -> None:
+        if self.loss not in {"mtsa", "tsa", "trd", "repa", "none"}:
+            raise ConfigError(f"align.loss={self.loss!r}: expected one of mtsa, tsa, trd, repa, none")
+        if not self.tau > 0:
+            raise ConfigError(f"align.tau={self.tau}: must be > 0")
+        if not 0 < self.ratio <= 1:
+            raise ConfigError(f"align.ratio={self.ratio}: must be in (0, 1]")
+        if self.layer < 1:
+            raise ConfigError(f"align.layer={self.layer}: blocks are 1-indexed")
+
+
+@dataclass
+class StageResources:
+    """One Ray actor pool of the preprocess pipeline."""
+
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    batch_size: int = 1
+    actors: int = 1
+
+
+@dataclass
+class PreprocessConfig:
+    samples_per_shard: int = 64  # about 1 GB per shard at paper size with float16 arrays
+    latents: str = "sample"  # sample | moments
+    teacher_dtype: str = "float16"  # float16 | int8
+    mask_ratio: float = 0.2
+    preview_quality: int = 85
+    vae_slicing: bool = True
+    vae_tiling: bool = True
+    decode: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=1))
+    teacher: StageResources = field(default_factory=lambda: StageResources(num_gpus=0.25, batch_size=4))
+    vae: StageResources = field(default_factory=lambda: StageResources(num_gpus=0.5, batch_size=1))
+    text: StageResources = field(default_factory=lambda: StageResources(num_gpus=0.25, batch_size=16))
+    dtype: str = "bfloat16"  # compute dtype of the GPU stages (float32 on CPU)
+
+    def validate(self) -> None:
+        if self.latents not in {"sample", "moments"}:
+            raise ConfigError(f"preprocess.latents={self.latents!r}: expected sample or moments")
+        if self.teacher_dtype not in {"float16", "int8"}:
+            raise ConfigError(f"preprocess.teacher_dtype={self.teacher_dtype!r}: expected float16 or int8")
+        if self.samples_per_shard < 1:
+            raise ConfigError("preprocess.samples_per_shard must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-6
+    projector_lr: float = 2e-6
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 100
+    max_steps: int = 4000
+    global_batch: int = 32
+    micro_batch: int = 1
+    grad_clip: float = 1.0
+    mixed_precision: str = "bf16"  # bf16 | no
+    gradient_checkpointing: bool = True
+    compile: bool = False
+    checkpoint_every: int = 500
+    keep_last: int = 2
+    shuffle_buffer: int = 256
+    num_workers: int = 4  # DataLoader workers per trainer process
+    prefetch_factor: int = 2
+    skip_bad_samples: bool = False
+    max_nonfinite_in_row: int = 5
+    strategy: str = "ddp"  # ddp | fsdp2 (with more than one worker)
+    log_every: int = 1
+
+    def validate(self) -> None:
+        if self.mixed_precision not in {"bf16", "no"}:
+            raise ConfigError(f"train.mixed_precision={self.mixed_precision!r}: expected bf16 or no")
+        if self.strategy not in {"ddp", "fsdp2"}:
+            raise ConfigError(f"train.strategy={self.strategy!r}: expected ddp or fsdp2")
+        if self.global_batch < 1 or self.micro_batch < 1:
+            raise ConfigError("train.global_batch and train.micro_batch must be >= 1")
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    geometry: Geometry = field(default_factory=Geometry)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "Config":
+        missing = list(_required_left(self, ""))
+        if missing:
+            raise ConfigError(f"missing required config key(s): {', '.join(missing)}")
+        self.geometry.validate()
+        self.align.validate()
+        self.preprocess.validate()
+        self.train.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _required_left(obj: Any, prefix: str):
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _required_left(value, key + ".")
+        elif value == REQUIRED:
+            yield key
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` (and build nested dataclasses)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+    if origin is list:
+        (inner,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # YAML reads 2e-6 as a string (no dot); accept numeric strings.
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        k = unknown[0]
+        close = difflib.get_close_matches(k, names, n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+        raise ConfigError(f"unknown config key {prefix}{k}{hint}")
+    base = cls()
+    kwargs = {}
+    for name in names:
+        if name in data:
+            value = data[name]
+            if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
+                # Nested sections merge over their defaults.
+                merged = dataclasses.asdict(getattr(base, name))
+                _deep_update(merged, value)
+                value = merged
+            kwargs[name] = _coerce(value, hints[name], prefix + name)
+    return cls(**kwargs)
+
+
+def _deep_update(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected key=value, e.g. align.tau=0.05")
+    key, raw = override.split("=", 1)
+    key = key.strip()
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def config_from_dict(data: dict[str, Any], overrides: Optional[list[str]] = None) -> Config:
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy, plain types
+    for o in overrides or []:
+        _apply_override(data, o)
+    return _build(Config, data).validate()
+
+
+def load_config(path: str | Path | None = None, overrides: Optional[list[str]] = None) -> Config:
+    """Read a YAML config (default: the paper defaults) and apply `key=value` overrides.
+
+    `path` may be a file or the name of a bundled config (`tiny`, `cogvideox2b_mtsa`).
+    """
+    path = resolve_config_path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+BUNDLED = Path(__file__).resolve().parent
+
+
+def resolve_config_path(path: str | Path | None) -> Path:
+    if path is None:
+        return BUNDLED / "cogvideox2b_mtsa.yaml"
+    p = Path(path)
+    if p.exists():
+        return p
+    bundled = BUNDLED / f"{path}.yaml"
+    if bundled.exists():
+        return bundled
+    raise ConfigError(f"config file not found: {path} (bundled: "
+                      f"{', '.join(sorted(q.stem for q in BUNDLED.glob('*.yaml')))})")

@@ -1,0 +1,152 @@
+"""Tiny random-weight models for tests and the demo (no downloads possible or needed).
+
+`models.X: tiny` in a config means: build the model from a small architecture derived
+from `geometry` with a fixed seed, save it in the real on-disk layout (a diffusers
+CogVideoX pipeline folder plus a VideoMAEv2 checkpoint in the official key layout),
+and load it back through exactly the code that loads real weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from configs.schema import Config
+
+TINY = "tiny"
+TEACHER_FILE = "teacher.safetensors"
+
+# CogVideoX-2B's scheduler config (THUDM/CogVideoX-2b, scheduler/scheduler_config.json).
+COGVIDEOX_2B_SCHEDULER = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=True,
+    steps_offset=0,
+    prediction_type="v_prediction",
+    timestep_spacing="trailing",
+    rescale_betas_zero_snr=True,
+    snr_shift_scale=3.0,
+)
+
+_TOKENIZER_CORPUS = [
+    "a ball rolls across the table and hits a glass of water",
+    "honey pours slowly into warm milk",
+    "a diver jumps from a high board into the pool with a splash",
+    "a sailboat cuts through choppy sea waves under a grey sky",
+    "a person throws a red frisbee to a running dog in the park",
+    "two cars race side by side on a wet road at night",
+    "snow falls on a quiet lake while a snowmobile drives past",
+    "an archer draws a bow and releases the arrow at a target",
+    "water flows from a tap into a white sink",
+    "a paint roller applies a coat of brown paint to a wall",
+]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TSA_CACHE", Path.home() / ".cache" / "tsa"))
+
+
+def tiny_fingerprint(cfg: Config) -> str:
+    """Hash of everything that shapes the tiny models: same config, same folder, same bytes."""
+    g, m = cfg.geometry, cfg.models
+    blob = json.dumps(
+        {"geometry": vars(g), "tiny_student": vars(m.tiny_student), "teacher": vars(m.teacher) | {"checkpoint": TINY},
+         "seed": m.tiny_seed, "version": 1},
+        sort_keys=True, default=list,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_tiny_tokenizer():
+    """A T5-style unigram tokenizer trained in-process (pad=0, eos=1, unk=2 as in T5)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    tok.train_from_iterator(_TOKENIZER_CORPUS, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                           extra_ids=0)
+
+
+def build_tiny_pipeline(cfg: Config):
+    """The five CogVideoX components at tiny size, random weights from `models.tiny_seed`."""
+    import torch
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    g, ts = cfg.geometry, cfg.models.tiny_student
+    c, f, h, w = g.latent_shape
+    torch.manual_seed(cfg.models.tiny_seed)
+    tokenizer = build_tiny_tokenizer()
+    text_encoder = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=g.text_dim, d_kv=8, d_ff=2 * g.text_dim, num_layers=2,
+        num_heads=4, relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id))
+    vae = AutoencoderKLCogVideoX(
+        block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=c,
+        temporal_compression_ratio=g.vae_temporal_compression, sample_height=g.height, sample_width=g.width)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=ts.num_attention_heads, attention_head_dim=ts.attention_head_dim,
+        in_channels=c, out_channels=c, num_layers=ts.num_layers, time_embed_dim=ts.time_embed_dim,
+        text_embed_dim=g.text_dim, max_text_seq_length=g.text_length, patch_size=g.student_patch,
+        sample_frames=g.num_frames, sample_height=h, sample_width=w,
+        temporal_compression_ratio=g.vae_temporal_compression)
+    scheduler = CogVideoXDPMScheduler(**COGVIDEOX_2B_SCHEDULER)
+    return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                             transformer=transformer, scheduler=scheduler)
+
+
+def save_tiny_models(cfg: Config, out: Path) -> Path:
+    """Write the tiny pipeline (diffusers layout) and tiny teacher (official keys) to `out`."""
+    from pipeline.teacher import save_random_checkpoint
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    build_tiny_pipeline(cfg).save_pretrained(out, safe_serialization=True)
+    save_random_checkpoint(cfg.models.teacher, cfg.geometry, out / TEACHER_FILE, seed=cfg.models.tiny_seed)
+    return out
+
+
+def materialize_tiny(cfg: Config) -> Path:
+    """The cached folder of the tiny models for `cfg`, created atomically on first use."""
+    final = cache_root() / "tiny" / tiny_fingerprint(cfg)
+    if (final / "model_index.json").exists() and (final / TEACHER_FILE).exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+    try:
+        save_tiny_models(cfg, tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process won the race: its folder is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if tmp.exists() and final.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def resolve_tiny(cfg: Config) -> Config:
+    """Replace every `tiny` model reference with the materialised folder (in place, returned)."""
+    m = cfg.models
+    names = ["student", "vae", "text_encoder", "tokenizer", "scheduler"]
+    if any(getattr(m, n) == TINY for n in names) or m.teacher.checkpoint == TINY:
+        root = materialize_tiny(cfg)
+        for n in names:
+            if getattr(m, n) == TINY:
+                setattr(m, n, str(root))
+        if m.teacher.checkpoint == TINY:
+            m.teacher.checkpoint = str(root / TEACHER_FILE)
+    return cfg

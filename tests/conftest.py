@@ -1,0 +1,26 @@
+"""Shared fixtures. Tiny models are materialised into a per-session cache folder, so every
+test loads them through the same code that loads real weights."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tsa_cache(tmp_path_factory):
+    old = os.environ.get("TSA_CACHE")
+    os.environ["TSA_CACHE"] = str(tmp_path_factory.mktemp("tsa_cache"))
+    yield
+    if old is None:
+        os.environ.pop("TSA_CACHE", None)
+    else:
+        os.environ["TSA_CACHE"] = old
+
+
+@pytest.fixture
+def tiny_cfg():
+    """A fresh copy of configs/tiny.yaml (tests may mutate it)."""
+    from configs import load_config
+
+    return load_config("tiny")

@@ -1,0 +1,48 @@
+import pytest
+
+from configs import ConfigError, load_config
+
+
+def test_paper_defaults_need_teacher_checkpoint():
+    with pytest.raises(ConfigError, match="models.teacher.checkpoint"):
+        load_config("cogvideox2b_mtsa")
+
+
+def test_paper_geometry():
+    cfg = load_config("cogvideox2b_mtsa", ["models.teacher.checkpoint=/w/vit_b.pth"])
+    g = cfg.geometry
+    assert g.latent_shape == (16, 13, 60, 90)
+    assert g.student_grid == (13, 30, 45)
+    assert g.teacher_input == (48, 160, 240)
+    assert g.teacher_grid == (24, 10, 15)
+    assert g.text_shape == (226, 4096)
+    assert (cfg.align.weight, cfg.align.tau, cfg.align.ratio, cfg.align.layer) == (0.5, 0.1, 0.2, 18)
+    assert (cfg.train.lr, cfg.train.global_batch, cfg.train.max_steps) == (2e-6, 32, 4000)
+
+
+def test_overrides_are_typed():
+    cfg = load_config("tiny", ["align.tau=0.05", "train.max_steps=3", "align.loss=tsa"])
+    assert cfg.align.tau == 0.05 and cfg.train.max_steps == 3 and cfg.align.loss == "tsa"
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        load_config("tiny", ["train.max_steps=abc"])
+
+
+def test_unknown_key_suggests(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean align.tau"):
+        load_config("tiny", ["align.tua=0.1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lrr: 1.0\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key train.lrr"):
+        load_config(bad)
+
+
+def test_invalid_values_name_the_key():
+    with pytest.raises(ConfigError, match="align.loss"):
+        load_config("tiny", ["align.loss=foo"])
+    with pytest.raises(ConfigError, match="geometry"):
+        load_config("tiny", ["geometry.num_frames=10"])
+
+
+def test_missing_file_lists_bundled():
+    with pytest.raises(ConfigError, match="tiny"):
+        load_config("no_such_config")
