@@ -1,0 +1,459 @@
+"""`tsa sample`: generate mp4s from a fine-tuned CogVideoX transformer for a prompt set.
+
+The pipeline is diffusers' `CogVideoXPipeline` built from a base model (VAE, T5, tokenizer,
+scheduler) with the checkpoint's transformer swapped in. Defaults follow the paper's evaluation
+setup and the CogVideoX / VideoREPA inference scripts: 49 frames at 480x720, 50 steps of
+CogVideoXDPMScheduler with trailing timestep spacing, guidance 6 with dynamic CFG, 8 fps, seed 42.
+
+Output folder:
+    OUT/00012_s42_v0.mp4   prompt index 12, --seed 42, video 0 of that prompt
+    OUT/samples.jsonl      one line per finished video (written after the mp4 is complete)
+    OUT/eval.csv           videopath,caption of every finished video (for the evaluators)
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from configs.schema import Config, ConfigError, load_config
+from train.prompts import Prompt, read_prompts
+
+PAPER_FRAMES, PAPER_HEIGHT, PAPER_WIDTH = 49, 480, 720
+SAMPLES_FILE = "samples.jsonl"
+EVAL_FILE = "eval.csv"
+RUN_CONFIG = "config.yaml"
+DTYPES = ("bf16", "fp16", "fp32")
+
+# Transformer config keys that do not change the architecture or the function it computes.
+_ARCH_IGNORED = {"dropout", "_class_name", "_diffusers_version", "_name_or_path", "_use_default_values"}
+# Settings that must agree before new videos are added to an existing OUT folder.
+_RESUME_KEYS = ("checkpoint", "steps", "guidance", "dynamic_cfg", "frames", "height", "width", "fps",
+                "dtype", "scheduler")
+
+
+class SampleError(ValueError):
+    """The checkpoint, base model, options or output folder are unusable; the message says which."""
+
+
+@dataclass
+class SampleOptions:
+    checkpoint: Path  # RUN/checkpoint-N (holding transformer/) or a transformer folder itself
+    prompts: Path
+    out: Path
+    base: Optional[str] = None  # hub id or CogVideoX pipeline folder; default: RUN/config.yaml's models
+    column: Optional[str] = None
+    caption_column: Optional[str] = None
+    limit: Optional[int] = None
+    seed: int = 42
+    num_videos_per_prompt: int = 1
+    steps: int = 50
+    guidance: float = 6.0
+    dynamic_cfg: bool = True
+    frames: Optional[int] = None  # None: run geometry for tiny runs, else 49
+    height: Optional[int] = None  # None: run geometry for tiny runs, else 480
+    width: Optional[int] = None  # None: run geometry for tiny runs, else 720
+    fps: int = 8
+    dtype: Optional[str] = None  # bf16 | fp16 | fp32; None: bf16 on CUDA, fp32 on CPU
+    device: Optional[str] = None  # None: cuda if available, else cpu
+    cpu_offload: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+
+
+@dataclass
+class BaseRefs:
+    """Where each base component comes from (hub id or folder; loaded from its subfolder)."""
+
+    transformer: str  # only its config.json is read, to check the checkpoint's architecture
+    vae: str
+    text_encoder: str
+    tokenizer: str
+    scheduler: str
+
+
+@dataclass
+class SampleSummary:
+    out: Path
+    generated: int = 0
+    skipped: int = 0
+    files: list[str] = field(default_factory=list)  # generated in this call
+
+
+# ----------------------------------------------------------------------------- checkpoint and base
+
+def find_transformer_dir(checkpoint: Path) -> tuple[Path, Path]:
+    """(transformer folder, run folder) of `checkpoint`: RUN/checkpoint-N or RUN/checkpoint-N/transformer."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise SampleError(f"checkpoint not found: {checkpoint}")
+    if not checkpoint.is_dir():
+        raise SampleError(f"checkpoint {checkpoint} is not a folder (expected RUN/checkpoint-N)")
+    if (checkpoint / "transformer").is_dir():
+        tdir = checkpoint / "transformer"
+    elif (checkpoint / "config.json").is_file():
+        tdir = checkpoint
+    else:
+        raise SampleError(f"checkpoint {checkpoint} has no transformer/ folder "
+                          f"(expected RUN/checkpoint-N/transformer saved by `tsa train`)")
+    if not (tdir / "config.json").is_file():
+        raise SampleError(f"checkpoint transformer config missing: {tdir / 'config.json'}")
+    run_dir = tdir.parent.parent
+    return tdir.resolve(), run_dir.resolve()
+
+
+def load_run_config(run_dir: Path) -> Optional[Config]:
+    """RUN/config.yaml with model refs as given (e.g. `tiny`), or None if the run has none."""
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise SampleError(f"run config unusable: {e}") from None
+
+
+def resolve_base(base: Optional[str], run_cfg: Optional[Config], run_dir: Path) -> BaseRefs:
+    """`--base` for every component if given, else the run config's models (with `tiny` materialised)."""
+    if base is not None:
+        _check_local_ref(base, "--base")
+        return BaseRefs(base, base, base, base, base)
+    if run_cfg is None:
+        raise SampleError(f"no --base given and no run config at {Path(run_dir) / RUN_CONFIG}: "
+                          f"pass --base (hub id or CogVideoX pipeline folder)")
+    from configs.tiny_models import resolve_tiny
+
+    m = resolve_tiny(run_cfg).models
+    refs = BaseRefs(m.student, m.vae, m.text_encoder, m.tokenizer, m.scheduler)
+    for name, ref in asdict(refs).items():
+        key = "student" if name == "transformer" else name
+        _check_local_ref(ref, f"models.{key} in {Path(run_dir) / RUN_CONFIG}")
+    return refs
+
+
+def _check_local_ref(ref: str, what: str) -> None:
+    looks_local = ref.startswith(("/", "./", "../", "~")) or os.sep + os.sep in ref
+    if looks_local and not Path(ref).expanduser().exists():
+        raise SampleError(f"{what}: folder not found: {ref}")
+
+
+def default_geometry(run_cfg: Optional[Config]) -> tuple[int, int, int]:
+    """(frames, height, width): the paper's 49x480x720, or the run's own geometry when the run
+    uses tiny models (a tiny transformer cannot make paper-size videos in reasonable time)."""
+    if run_cfg is not None and run_cfg.models.student == "tiny":
+        g = run_cfg.geometry
+        return g.num_frames, g.height, g.width
+    return PAPER_FRAMES, PAPER_HEIGHT, PAPER_WIDTH
+
+
+def _architecture_defaults() -> dict:
+    import inspect
+
+    from diffusers import CogVideoXTransformer3DModel
+
+    sig = inspect.signature(CogVideoXTransformer3DModel.__init__)
+    return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+def check_architecture(transformer_dir: Path, base_transformer: str) -> dict:
+    """Compare the checkpoint's transformer config.json with the base transformer's; return the former.
+
+    Every constructor argument counts (patch size, channels, layers, heads, text dims, positional
+    embeddings...), each missing key taking diffusers' default, except dropout.
+    """
+    from diffusers import CogVideoXTransformer3DModel
+
+    path = Path(transformer_dir) / "config.json"
+    try:
+        ckpt = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SampleError(f"cannot read checkpoint transformer config {path}: {e}") from None
+    if not isinstance(ckpt, dict):
+        raise SampleError(f"{path}: expected a JSON object")
+    cls = ckpt.get("_class_name")
+    if cls != "CogVideoXTransformer3DModel":
+        raise SampleError(f"{path}: _class_name is {cls!r}, expected 'CogVideoXTransformer3DModel'")
+    try:
+        base = dict(CogVideoXTransformer3DModel.load_config(base_transformer, subfolder="transformer"))
+    except (OSError, ValueError) as e:
+        raise SampleError(f"cannot read the base transformer config from {base_transformer}: {e}") from None
+    defaults = _architecture_defaults()
+    keys = sorted((set(defaults) | set(ckpt) | set(base)) - _ARCH_IGNORED)
+    diffs = []
+    for k in keys:
+        a, b = ckpt.get(k, defaults.get(k)), base.get(k, defaults.get(k))
+        if _norm(a) != _norm(b):
+            diffs.append(f"{k}: checkpoint {a!r} vs base {b!r}")
+    if diffs:
+        raise SampleError(f"checkpoint {transformer_dir} is not a fine-tune of the base transformer "
+                          f"({base_transformer}); differing config fields: " + "; ".join(diffs))
+    return ckpt
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+def resolve_device_dtype(device: Optional[str], dtype: Optional[str]):
+    import torch
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = dtype or ("bf16" if dev.type == "cuda" else "fp32")
+    if name not in DTYPES:
+        raise SampleError(f"--dtype {name}: expected one of {', '.join(DTYPES)}")
+    return dev, name, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def _load(what: str, ref: str, fn):
+    try:
+        return fn()
+    except (OSError, ValueError, RuntimeError) as e:
+        raise SampleError(f"cannot load the {what} from {ref}: {e}") from None
+
+
+def build_pipeline(refs: BaseRefs, transformer_dir: Path, torch_dtype):
+    """CogVideoXPipeline with the fine-tuned transformer and DPM (trailing) scheduling."""
+    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXPipeline,
+                           CogVideoXTransformer3DModel)
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    transformer = _load("checkpoint transformer", str(transformer_dir), lambda: CogVideoXTransformer3DModel
+                        .from_pretrained(transformer_dir, torch_dtype=torch_dtype))
+    vae = _load("VAE", refs.vae, lambda: AutoencoderKLCogVideoX.from_pretrained(
+        refs.vae, subfolder="vae", torch_dtype=torch_dtype))
+    # `dtype=` is the transformers>=4.56 spelling; .to() covers older versions too.
+    text_encoder = _load("text encoder", refs.text_encoder, lambda: T5EncoderModel.from_pretrained(
+        refs.text_encoder, subfolder="text_encoder", dtype=torch_dtype).to(torch_dtype))
+    tokenizer = _load("tokenizer", refs.tokenizer, lambda: AutoTokenizer.from_pretrained(
+        refs.tokenizer, subfolder="tokenizer"))
+    sched_cfg = _load("scheduler config", refs.scheduler, lambda: CogVideoXDPMScheduler.load_config(
+        refs.scheduler, subfolder="scheduler"))
+    # The 2B release ships a DDIM scheduler config; CogVideoX's own inference swaps in DPM, trailing.
+    scheduler = CogVideoXDPMScheduler.from_config(sched_cfg, timestep_spacing="trailing")
+    return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                             transformer=transformer.eval(), scheduler=scheduler)
+
+
+def _check_geometry(frames: int, height: int, width: int, refs: BaseRefs, arch: dict) -> None:
+    from diffusers import AutoencoderKLCogVideoX
+
+    vae_cfg = _load("VAE config", refs.vae, lambda: AutoencoderKLCogVideoX.load_config(refs.vae, subfolder="vae"))
+    spatial = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
+    temporal = int(vae_cfg.get("temporal_compression_ratio", 4))
+    step = spatial * int(arch.get("patch_size", 2))
+    if frames < 1 or (frames - 1) % temporal:
+        raise SampleError(f"--frames {frames}: frames - 1 must be a multiple of the VAE's temporal "
+                          f"compression {temporal} (e.g. 49)")
+    for name, v in (("--height", height), ("--width", width)):
+        if v < step or v % step:
+            raise SampleError(f"{name} {v}: must be a positive multiple of {step} "
+                              f"(VAE compression {spatial} x patch {arch.get('patch_size', 2)})")
+
+
+# ----------------------------------------------------------------------------- mp4
+
+def _encoder() -> str:
+    import av
+
+    try:
+        av.codec.Codec("libx264", "w")
+        return "libx264"
+    except ValueError:  # av.codec.codec.UnknownCodecError: this FFmpeg build has no x264
+        return "mpeg4"
+
+
+def write_mp4(frames: np.ndarray, path: str | Path, fps: int) -> None:
+    """Write `frames` uint8 [F, H, W, 3] (RGB) as H.264 (or MPEG-4 part 2) yuv420p at `fps`."""
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"write_mp4: expected uint8 [F, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+    _, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"write_mp4: yuv420p needs even sizes, got {h}x{w}")
+    codec = _encoder()
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "17", "preset": "medium"}  # visually lossless for the evaluators
+        else:
+            stream.bit_rate = 16_000_000
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def to_uint8(video: np.ndarray) -> np.ndarray:
+    """[F, H, W, 3] float in [0, 1] -> uint8."""
+    return (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- the samples log
+
+def video_name(index: int, seed: int, video_index: int) -> str:
+    return f"{index:05d}_s{seed}_v{video_index}.mp4"
+
+
+def read_samples(out: Path) -> list[dict]:
+    """Finished videos recorded in OUT/samples.jsonl (a torn last line from a crash is ignored)."""
+    path = Path(out) / SAMPLES_FILE
+    if not path.is_file():
+        return []
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not an object")
+            _ = rec["index"], rec["prompt"], rec["seed"], rec["video_index"], rec["file"]
+        except (ValueError, KeyError) as e:
+            if n == len(lines):
+                continue  # torn write of the last line; its video is simply made again
+            raise SampleError(f"{path}: line {n} is not a sample record ({e})") from None
+        records.append(rec)
+    return records
+
+
+def _append_record(out: Path, record: dict) -> None:
+    path = Path(out) / SAMPLES_FILE
+    needs_newline = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    with path.open("a", encoding="utf-8") as f:
+        if needs_newline:
+            f.write("\n")
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_eval_csv(out: Path, records: list[dict]) -> None:
+    latest = {}
+    for rec in records:
+        latest[rec["file"]] = rec
+    tmp = Path(out) / (EVAL_FILE + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["videopath", "caption"])
+        for name in sorted(latest):
+            w.writerow([str((Path(out) / name).resolve()), latest[name].get("caption", latest[name]["prompt"])])
+    os.replace(tmp, Path(out) / EVAL_FILE)
+
+
+def _check_resume(out: Path, records: list[dict], settings: dict, prompts: list[Prompt], seed: int) -> None:
+    for rec in records:
+        old = rec.get("settings", {})
+        diffs = [f"{k}: {old.get(k)!r} before, {settings[k]!r} now" for k in _RESUME_KEYS
+                 if k in old and old[k] != settings[k]]
+        if diffs:
+            raise SampleError(f"{out / SAMPLES_FILE} holds videos made with other settings ({'; '.join(diffs)}); "
+                              f"use a new --out")
+    by_index = {p.index: p.text for p in prompts}
+    for rec in records:
+        text = by_index.get(rec["index"])
+        if rec["seed"] == seed and text is not None and text != rec["prompt"]:
+            raise SampleError(f"{out / SAMPLES_FILE}: prompt {rec['index']} was {rec['prompt']!r} before and is "
+                              f"{text!r} now (the prompt file changed); use a new --out")
+
+
+def _done_keys(out: Path, records: list[dict]) -> set[tuple]:
+    return {(r["index"], r["prompt"], r["seed"], r["video_index"]) for r in records if (out / r["file"]).is_file()}
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def sample(opts: SampleOptions, log: Callable[[str], None] = print) -> SampleSummary:
+    """Generate the missing videos of `opts.prompts` into `opts.out` (see the module docstring)."""
+    import torch
+
+    if opts.num_videos_per_prompt < 1:
+        raise SampleError(f"--num-videos-per-prompt {opts.num_videos_per_prompt}: must be >= 1")
+    if opts.steps < 1:
+        raise SampleError(f"--steps {opts.steps}: must be >= 1")
+    if opts.fps < 1:
+        raise SampleError(f"--fps {opts.fps}: must be >= 1")
+    transformer_dir, run_dir = find_transformer_dir(opts.checkpoint)
+    run_cfg = load_run_config(run_dir)
+    prompts = read_prompts(opts.prompts, opts.column, opts.caption_column, opts.limit)
+    refs = resolve_base(opts.base, run_cfg, run_dir)
+    arch = check_architecture(transformer_dir, refs.transformer)
+    d_frames, d_height, d_width = default_geometry(run_cfg)
+    frames, height, width = opts.frames or d_frames, opts.height or d_height, opts.width or d_width
+    _check_geometry(frames, height, width, refs, arch)
+    device, dtype_name, torch_dtype = resolve_device_dtype(opts.device, opts.dtype)
+    if opts.cpu_offload:
+        if device.type == "cpu":
+            raise SampleError("--cpu-offload moves models between CPU and an accelerator; there is none here")
+        try:
+            import accelerate  # noqa: F401  (diffusers' offload hooks need it)
+        except ImportError:
+            raise SampleError("--cpu-offload needs the `accelerate` package: pip install accelerate") from None
+
+    settings = {
+        "checkpoint": str(transformer_dir), "base": asdict(refs), "steps": opts.steps,
+        "guidance": opts.guidance, "dynamic_cfg": opts.dynamic_cfg, "frames": frames, "height": height,
+        "width": width, "fps": opts.fps, "dtype": dtype_name, "scheduler": "CogVideoXDPMScheduler/trailing",
+        "max_sequence_length": int(arch.get("max_text_seq_length", 226)),
+    }
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = read_samples(out)
+    _check_resume(out, records, settings, prompts, opts.seed)
+    done = _done_keys(out, records)
+    todo = [(p, v) for p in prompts for v in range(opts.num_videos_per_prompt)
+            if (p.index, p.text, opts.seed, v) not in done]
+    summary = SampleSummary(out=out, skipped=len(prompts) * opts.num_videos_per_prompt - len(todo))
+    if summary.skipped:
+        log(f"{summary.skipped} video(s) already in {out / SAMPLES_FILE}: skipped")
+    if not todo:
+        _write_eval_csv(out, records)
+        return summary
+
+    pipe = build_pipeline(refs, transformer_dir, torch_dtype)
+    if opts.cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if opts.vae_slicing:
+        pipe.vae.enable_slicing()
+    if opts.vae_tiling:
+        pipe.vae.enable_tiling()
+    pipe.set_progress_bar_config(leave=False)
+
+    for n, (prompt, v) in enumerate(todo, 1):
+        name = video_name(prompt.index, opts.seed, v)
+        generator_seed = opts.seed + v
+        start = time.perf_counter()
+        with torch.inference_mode():
+            video = pipe(
+                prompt=prompt.text, num_frames=frames, height=height, width=width,
+                num_inference_steps=opts.steps, guidance_scale=opts.guidance, use_dynamic_cfg=opts.dynamic_cfg,
+                num_videos_per_prompt=1, max_sequence_length=settings["max_sequence_length"],
+                # A CPU generator gives the same initial noise on every device.
+                generator=torch.Generator(device="cpu").manual_seed(generator_seed), output_type="np",
+            ).frames[0]
+        tmp = out / f".{name}.tmp.mp4"
+        write_mp4(to_uint8(np.asarray(video)), tmp, opts.fps)
+        os.replace(tmp, out / name)
+        seconds = time.perf_counter() - start
+        record = {"index": prompt.index, "prompt": prompt.text, "caption": prompt.caption, "seed": opts.seed,
+                  "video_index": v, "generator_seed": generator_seed, "file": name, "seconds": round(seconds, 3),
+                  "settings": settings}
+        _append_record(out, record)
+        records.append(record)
+        summary.generated += 1
+        summary.files.append(name)
+        log(f"[{n}/{len(todo)}] {name} ({seconds:.1f} s)")
+    _write_eval_csv(out, records)
+    return summary
