@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tsa_core.checks import check_grid, check_pair, check_query_index, check_tokens
-from tsa_core.correspondence import _rows
+from tsa_core.correspondence import query_rows
 
 
 def repa_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -36,6 +36,6 @@ def trd_loss(student: torch.Tensor, teacher: torch.Tensor, grid: Sequence[int], 
     with torch.autocast(device_type=student.device.type, enabled=False):
         es = F.normalize(student.float(), dim=-1)
         et = F.normalize(teacher.float(), dim=-1)
-        rs = _rows(es, query_index) @ es.transpose(1, 2)  # [B, M, N]
-        rt = _rows(et, query_index) @ et.transpose(1, 2)
+        rs = query_rows(es, query_index) @ es.transpose(1, 2)  # [B, M, N]
+        rt = query_rows(et, query_index) @ et.transpose(1, 2)
         return F.relu((rs - rt).abs() - margin).mean()

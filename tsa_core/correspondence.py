@@ -7,30 +7,48 @@ import torch
 import torch.nn.functional as F
 
 from tsa_core.checks import check_grid, check_pair, check_query_index, check_tokens
+from tsa_core.chunked_kl import ChunkedTemperedKL
+
+DEFAULT_CHUNK = 256  # query rows per chunk (config: align.query_chunk)
 
 
-def _rows(x: torch.Tensor, query_index: Optional[torch.Tensor]) -> torch.Tensor:
-    """Query rows of `x` [B, N, C] -> [B, M, C] (all rows when `query_index` is None)."""
+def query_rows(x: torch.Tensor, query_index: Optional[torch.Tensor]) -> torch.Tensor:
+    """Rows of x [B, N, C] at query_index [B, M] -> [B, M, C] (x itself when None)."""
     if query_index is None:
         return x
     return torch.gather(x, 1, query_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def tempered_log_probs(e: torch.Tensor, grid: tuple[int, int, int], tau: float,
-                       query_index: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """log P of Eq. 8 for L2-normalised tokens `e` [B, N, C] -> [B, M, F, H*W]."""
-    f, h, w = grid
-    r = _rows(e, query_index) @ e.transpose(1, 2)  # [B, M, N]
-    return torch.log_softmax(r.unflatten(-1, (f, h * w)) / tau, dim=-1)
+def correspondence_probs(tokens: torch.Tensor, grid: Sequence[int], tau: float = 0.1,
+                         query_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """P of Eq. 8 for inspection: tokens [B, N, C] -> [B, M, F, H, W] (fp32, autograd-able).
+
+    Builds the [B, M, N] similarity rows at once: meant for a few query tokens (viewer),
+    not for the loss.
+    """
+    f, h, w = grid = check_grid(grid)
+    check_tokens("tokens", tokens, grid)
+    query_index = check_query_index(query_index, tokens.shape[0], tokens.shape[1], tokens.device)
+    with torch.autocast(device_type=tokens.device.type, enabled=False):
+        e = F.normalize(tokens.float(), dim=-1)
+        r = query_rows(e, query_index) @ e.transpose(1, 2)  # [B, M, N]
+        p = torch.softmax(r.unflatten(-1, (f, h * w)) / tau, dim=-1)
+    return p.unflatten(-1, (h, w))
 
 
 def tsa_loss(student: torch.Tensor, teacher: torch.Tensor, grid: Sequence[int], tau: float = 0.1,
              query_index: Optional[torch.Tensor] = None, chunk: Optional[int] = None) -> torch.Tensor:
-    """TSA (Eq. 9) or, with `query_index`, M-TSA (Eq. 13): a scalar.
+    """TSA (Eq. 9) or, with `query_index`, M-TSA (Eq. 13): a scalar fp32 tensor.
 
-    student [B, N, Cs], teacher [B, N, Ct], N = F*H*W of grid (F, H, W), tokens in
-    (frame, row, column) order; query_index [B, M] long or None (every token a query).
-    Loss = mean over batch, query rows and frames of KL(P_teacher || P_student), in fp32.
+    student [B, N, Cs], teacher [B, N, Ct] (Cs and Ct may differ), N = F*H*W of
+    grid (F, H, W), tokens in (frame, row, column) order. query_index [B, M] long selects
+    the query rows (M-TSA); None makes every token a query (TSA). The key side is always
+    all N tokens. Loss = mean over batch, query rows and frames of KL(P_teacher || P_student),
+    computed in fp32 (float64 inputs: float64) with autocast off, `chunk` query rows at a time (default 256), so
+    memory grows with chunk * N, never with M * N or N * N.
+
+    The teacher is a fixed target: it receives no gradient, and a teacher that requires
+    grad is refused (pass teacher.detach()).
     """
     grid = check_grid(grid)
     check_tokens("student", student, grid)
@@ -39,11 +57,17 @@ def tsa_loss(student: torch.Tensor, teacher: torch.Tensor, grid: Sequence[int], 
     query_index = check_query_index(query_index, student.shape[0], student.shape[1], student.device)
     if not tau > 0:
         raise ValueError(f"tau={tau}: must be > 0")
+    chunk = DEFAULT_CHUNK if chunk is None else int(chunk)
+    if chunk < 1:
+        raise ValueError(f"chunk={chunk}: must be >= 1")
+    if teacher.requires_grad:
+        raise ValueError("tsa_loss: teacher requires grad, but the teacher is a fixed target "
+                         "and gets no gradient; pass teacher.detach()")
     with torch.autocast(device_type=student.device.type, enabled=False):
-        es = F.normalize(student.float(), dim=-1)
-        et = F.normalize(teacher.float(), dim=-1)
-        log_ps = tempered_log_probs(es, grid, tau, query_index)
-        log_pt = tempered_log_probs(et, grid, tau, query_index)
-        pt = log_pt.exp()
-        kl = torch.where(pt > 0, pt * (log_pt - log_ps), 0.0).sum(-1)  # [B, M, F]
-        return kl.mean()
+        return ChunkedTemperedKL.apply(_compute_dtype(student), _compute_dtype(teacher),
+                                       query_index, grid[0], float(tau), chunk)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.Tensor:
+    """fp32 for every input dtype but float64, which stays (reference tests, gradcheck)."""
+    return x if x.dtype == torch.float64 else x.float()
