@@ -6,7 +6,10 @@ like `blocks.0.attn.qkv.weight`; the same keys may also come from a `.safetensor
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
+import pickle
 from pathlib import Path
 
 import torch
@@ -50,6 +53,24 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def _unpickler_reason(e: Exception) -> str:
+    # torch's message wraps the reason in advice to retry with weights_only=False; keep the reason.
+    text = str(e)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+    return " ".join(text.split()).rstrip(". ") or type(e).__name__
+
+
+def _torch_load_weights_only(path: Path) -> object:
+    # The official training script saves {"model": ..., "args": argparse.Namespace, ...};
+    # a Namespace only holds attributes, so allowing it keeps the load weights-only.
+    allow = getattr(torch.serialization, "safe_globals", None)
+    ctx = allow([argparse.Namespace]) if allow is not None else contextlib.nullcontext()
+    with ctx:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The ViT tensors of a checkpoint file, prefixes stripped and ignored keys dropped."""
     path = Path(path)
@@ -65,8 +86,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             raw = load_file(str(path), device="cpu")
         else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, pickle with non-tensor objects, bad header
+            raw = _torch_load_weights_only(path)
+    except pickle.UnpicklingError as e:  # corrupt, or holds objects weights_only refuses
+        raise TeacherCheckpointError(
+            f"{path}: cannot read teacher checkpoint with torch.load(weights_only=True): {_unpickler_reason(e)}. "
+            f"If the file holds Python objects besides tensors, convert its state dict to .safetensors "
+            f"where you trust the file") from e
+    except Exception as e:  # corrupt file, bad header
         raise TeacherCheckpointError(f"{path}: cannot read teacher checkpoint: {e}") from e
     state = {}
     for key, tensor in _unwrap(raw, path).items():

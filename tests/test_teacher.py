@@ -2,6 +2,7 @@
 plain reference forward, clear errors on bad checkpoints, the position table."""
 from __future__ import annotations
 
+import argparse
 import copy
 import hashlib
 import math
@@ -179,13 +180,16 @@ def _write_variant(state: dict, tmp_path, variant: str):
     elif variant == "pth-plain-module-prefix":
         path = tmp_path / "t.pth"
         torch.save({f"module.{k}": v for k, v in state.items()}, path)
+    elif variant == "pth-training-checkpoint":  # the official script's layout, with its argparse args
+        path = tmp_path / "t.pth"
+        torch.save({"model": state, "epoch": 3, "args": argparse.Namespace(lr=1e-3, model="vit_base")}, path)
     else:
         raise AssertionError(variant)
     return path
 
 
 @pytest.mark.parametrize("variant", ["safetensors", "pth-module", "pth-model-encoder-prefix",
-                                     "pth-plain-module-prefix"])
+                                     "pth-plain-module-prefix", "pth-training-checkpoint"])
 def test_loaded_features_match_reference_forward(cfg, ckpt, tmp_path, variant):
     state = load_file(str(ckpt))
     path = _write_variant(state, tmp_path, variant)
@@ -246,6 +250,10 @@ def test_tiny_config_loads_through_resolve_tiny(tiny_cfg):
 
 # ----------------------------------------------------------------------------- errors
 
+class NotAllowedInWeightsOnly:
+    """A pickled object that torch.load(weights_only=True) must refuse."""
+
+
 def test_missing_key_names_file_and_key(cfg, ckpt, tmp_path):
     state = load_file(str(ckpt))
     del state["blocks.1.mlp.fc2.bias"]
@@ -295,6 +303,10 @@ def test_missing_unreadable_and_unresolved_checkpoints(cfg, tmp_path):
     odd.write_bytes(b"x")
     with pytest.raises(TeacherCheckpointError, match="weights.bin: unsupported"):
         load_teacher(_teacher(cfg, odd), cfg.geometry)
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"module": {}, "extra": NotAllowedInWeightsOnly()}, unsafe)
+    with pytest.raises(TeacherCheckpointError, match=r"unsafe.pth: cannot read .*weights_only=True.*NotAllowed"):
+        load_teacher(_teacher(cfg, unsafe), cfg.geometry)
     with pytest.raises(TeacherCheckpointError, match="resolve_tiny"):
         load_teacher(_teacher(cfg, "tiny"), cfg.geometry)
 
