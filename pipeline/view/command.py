@@ -33,8 +33,12 @@ def view(
     limit: Optional[int] = typer.Option(
         None, "--limit", min=1, help="Gallery only: the first N ok clips in manifest order (default: all).", metavar="N"),
 ) -> None:
-    """Draw what `tsa preprocess` cached, without any model: preview frames, motion heat map,
-    top-k masks and teacher correspondence maps (paper Fig. 1, 3, 4)."""
+    """Draw a preprocess output's motion maps, masks and teacher correspondences.
+
+    With --key: one clip as a PNG (preview, motion heat map, masks, correspondences; Fig. 1, 3, 4).
+
+    Without --key: an HTML gallery of every ok clip, sortable by mean motion, and the failed clips.
+    """
     from pipeline.reader import NotAnOutput, open_output
 
     try:

@@ -78,7 +78,9 @@ def dequantise_teacher(teacher: np.ndarray, scale: Optional[np.ndarray] = None) 
             raise ViewError("teacher.npy is int8 but the sample has no teacher_scale.npy")
         if scale.shape != (teacher.shape[0],):
             raise ViewError(f"teacher_scale.npy has shape {list(scale.shape)}, expected [{teacher.shape[0]}]")
-        return teacher.astype(np.float32) * scale.astype(np.float32)[:, None]
+        from pipeline.encode import dequantize_int8  # the writer's own inverse
+
+        return dequantize_int8(teacher, scale)
     return teacher.astype(np.float32)
 
 
