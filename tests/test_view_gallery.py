@@ -156,3 +156,19 @@ def test_chromium_flags_a_missing_image(gallery, tmp_path):
     dom = _chromium(tmp_path, "--dump-dom", (copy / "gallery.html").resolve().as_uri()).stdout
     assert 'data-broken-images="1"' in dom
     assert len(re.findall(r'data-natural-width="0"', dom)) == 1
+
+
+def test_gallery_goes_on_past_a_clip_it_cannot_draw(tmp_path):
+    from pipeline.reader import read_marker
+
+    out = make_synthetic_dataset(tmp_path / "out", load_config("tiny"), 3)
+    offset, size = read_marker(out, 0)["index"]["synth_000001"]["preview.jpg"]
+    with open(out / "shards" / "shard-000000.tar", "r+b") as f:  # same length, not a JPEG any more
+        f.seek(offset)
+        f.write(b"\0" * size)
+    res = runner.invoke(app, ["view", "--shards", str(out), "--out", str(tmp_path / "g.html")])
+    assert res.exit_code == 0, res.output
+    assert "could not draw synth_000001" in res.output and "not a readable JPEG" in res.output
+    html = parse(tmp_path / "g.html")
+    assert len(html.rows) == 2
+    assert "Ok in the manifest but not drawable (1)" in (tmp_path / "g.html").read_text()
