@@ -198,7 +198,8 @@ class TrainConfig:
     compile: bool = False
     checkpoint_every: int = 500
     keep_last: int = 2
-    shuffle_buffer: int = 256
+    shuffle_buffer: int = 256  # sample references per data stream (docs/train.md)
+    data_streams: int = 32  # seeded streams over the shards; a multiple of the worker count
     num_workers: int = 4  # DataLoader workers per trainer process
     prefetch_factor: int = 2
     skip_bad_samples: bool = False
@@ -213,6 +214,8 @@ class TrainConfig:
             raise ConfigError(f"train.strategy={self.strategy!r}: expected ddp or fsdp2")
         if self.global_batch < 1 or self.micro_batch < 1:
             raise ConfigError("train.global_batch and train.micro_batch must be >= 1")
+        if self.data_streams < 1:
+            raise ConfigError(f"train.data_streams={self.data_streams}: must be >= 1")
 
 
 @dataclass

@@ -1,0 +1,151 @@
+"""Checkpoints that resume exactly: OUT/checkpoint-{step}/
+
+    transformer/              diffusers format (config.json + safetensors): loads with
+                              CogVideoXTransformer3DModel.from_pretrained, drops into CogVideoXPipeline
+    projector.safetensors     the projector's weights
+    optimizer.pt              AdamW state keyed by parameter name (torch.save of tensors and numbers)
+    lr_scheduler.pt           the LambdaLR state
+    rng-rank{r}.pt            torch / CUDA / numpy / python RNG states of each rank
+    trainer_state.json        step, data position, counters, world size
+
+A checkpoint is written into `.tmp-checkpoint-{step}` and renamed when complete, so a
+folder named `checkpoint-*` is always whole; only the last `keep_last` are kept.
+Everything is read back with safetensors or torch.load(weights_only=True).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from train.distributed import Dist, unwrap
+
+PREFIX = "checkpoint-"
+TRANSFORMER_WEIGHTS = "diffusion_pytorch_model{suffix}.safetensors"
+
+
+def _options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def checkpoint_dirs(out: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in `out`, oldest first."""
+    found = []
+    for p in Path(out).glob(f"{PREFIX}*"):
+        m = re.fullmatch(rf"{PREFIX}(\d+)", p.name)
+        if m and (p / "trainer_state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(out: Path) -> Optional[Path]:
+    found = checkpoint_dirs(out)
+    return found[-1][1] if found else None
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(out: Path, step: int, model: nn.Module, optimizer, lr_scheduler, trainer_state: dict[str, Any],
+                    dist: Dist, keep_last: int) -> Path:
+    """Collective: every rank calls it. Returns the final folder."""
+    from huggingface_hub import save_torch_state_dict
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    out = Path(out)
+    final = out / f"{PREFIX}{step}"
+    tmp = out / f".tmp-{PREFIX}{step}"
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    weights = get_model_state_dict(model, options=_options())  # full tensors on CPU, rank 0 in FSDP
+    optim = get_optimizer_state_dict(model, optimizer, options=_options())
+    if dist.is_main:
+        student = unwrap(model)
+        transformer = {k[len("transformer."):]: v for k, v in weights.items() if k.startswith("transformer.")}
+        projector = {k[len("projector."):]: v.contiguous() for k, v in weights.items() if k.startswith("projector.")}
+        (tmp / "transformer").mkdir()
+        student.transformer.save_config(tmp / "transformer")
+        save_torch_state_dict(transformer, tmp / "transformer", filename_pattern=TRANSFORMER_WEIGHTS,
+                              max_shard_size="10GB")
+        if projector:
+            save_file(projector, str(tmp / "projector.safetensors"))
+        torch.save(optim, tmp / "optimizer.pt")
+        torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+    torch.save(rng_state(), tmp / f"rng-rank{dist.rank}.pt")
+    dist.barrier()
+    if dist.is_main:
+        with open(tmp / "trainer_state.json", "w") as f:
+            json.dump(trainer_state, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():  # the same step saved by an earlier, interrupted run
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for _, old in checkpoint_dirs(out)[:-max(1, keep_last)]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def read_trainer_state(ckpt: Path) -> dict[str, Any]:
+    return json.loads((Path(ckpt) / "trainer_state.json").read_text())
+
+
+def load_checkpoint(ckpt: Path, model: nn.Module, optimizer, lr_scheduler, dist: Dist) -> dict[str, Any]:
+    """Restore projector, optimizer, schedule and RNG (the transformer was built from
+    ckpt/transformer already). Returns trainer_state.json. Collective."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    ckpt = Path(ckpt)
+    student = unwrap(model)
+    if student.projector is not None:
+        path = ckpt / "projector.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (the checkpoint was saved with align.loss=none?)")
+        weights = {f"projector.{k}": v for k, v in load_file(str(path)).items()}
+        set_model_state_dict(model, weights, options=_partial_options())
+    optim = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True, mmap=True)
+    set_optimizer_state_dict(model, optimizer, optim, options=_options())
+    lr_scheduler.load_state_dict(torch.load(ckpt / "lr_scheduler.pt", weights_only=True))
+    rng = ckpt / f"rng-rank{dist.rank}.pt"
+    if rng.is_file():  # absent when resuming on more ranks than saved
+        set_rng_state(torch.load(rng, weights_only=True))
+    return read_trainer_state(ckpt)
+
+
+def _partial_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, strict=False)

@@ -1,0 +1,92 @@
+"""`tsa train`: fine-tune the student from preprocessed shards."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+
+from configs.schema import Config, ConfigError, config_from_dict, load_config
+from train.loop import TrainJob
+
+CONFIG_FILE = "config.yaml"
+
+
+def prepare_job(shards: Path, out: Path, config: Optional[str], overrides: list[str], *, resume: bool = False,
+                max_steps: Optional[int] = None, checkpoint_every: Optional[int] = None,
+                skip_bad_samples: bool = False) -> tuple[TrainJob, Config]:
+    """The run's config (written to OUT/config.yaml with model refs as given, e.g. `tiny`)
+    and the job with model refs resolved to loadable paths."""
+    from configs.tiny_models import resolve_tiny
+    from train.checkpoint import latest_checkpoint
+
+    out = Path(out)
+    saved = out / CONFIG_FILE
+    if resume:
+        if config is not None:
+            raise ConfigError(f"--config cannot be combined with --resume: the run's config is {saved}; "
+                              "change single keys with -o key=value")
+        if not saved.is_file():
+            raise ConfigError(f"--resume: {saved} not found (is {out} a tsa train output?)")
+        base: Optional[str] = str(saved)
+    else:
+        if latest_checkpoint(out) is not None:
+            raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue that run, "
+                              "or choose another --out")
+        base = config
+    extra = list(overrides)
+    if max_steps is not None:
+        extra.append(f"train.max_steps={max_steps}")
+    if checkpoint_every is not None:
+        extra.append(f"train.checkpoint_every={checkpoint_every}")
+    if skip_bad_samples:
+        extra.append("train.skip_bad_samples=true")
+    cfg = load_config(base, extra)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = saved.with_name(CONFIG_FILE + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, saved)
+    resolved = resolve_tiny(config_from_dict(cfg.to_dict()))
+    job = TrainJob(config=resolved.to_dict(), shards=str(shards), out=str(out), resume=resume)
+    return job, cfg
+
+
+def train_command(
+    shards: Path = typer.Option(..., "--shards", help="Output folder of `tsa preprocess` (holds dataset.json)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: config.yaml, checkpoint-N/, metrics.jsonl, tensorboard/."),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML file or bundled name (tiny, "
+                                         "cogvideox2b_mtsa, ablations/...); default: paper defaults."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this optimizer step."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Save every K steps "
+                                                   "(and at the end)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+    workers: int = typer.Option(1, "--workers", help="Ray Train workers (one per GPU); 1 runs in this process."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="ddp or fsdp2 (default: train.strategy)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster (`auto` or host:port); "
+                                              "default: a local Ray when --workers > 1."),
+    skip_bad_samples: bool = typer.Option(False, "--skip-bad-samples", help="Skip and count unreadable "
+                                          "samples instead of stopping."),
+    override: list[str] = typer.Option([], "-o", "--override", help="Config override key=value (repeatable)."),
+) -> None:
+    """Fine-tune CogVideoX with diffusion + alignment loss from preprocessed shards."""
+    from train.dataset_check import DatasetMismatch
+    from train.launch import TrainError, launch
+    from train.loop import NonFiniteLoss
+    from train.model import ModelError
+    from train.shards import DataError
+
+    try:
+        if strategy is not None:
+            override = [*override, f"train.strategy={strategy}"]
+        job, cfg = prepare_job(shards, out, config, override, resume=resume, max_steps=max_steps,
+                               checkpoint_every=checkpoint_every, skip_bad_samples=skip_bad_samples)
+        state = launch(job, workers=workers, strategy=cfg.train.strategy, ray_address=ray_address)
+    except (ConfigError, DatasetMismatch, DataError, ModelError, NonFiniteLoss, TrainError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1)
+    data = state.get("data", {})
+    typer.echo(f"trained to step {state.get('step')} ({data.get('consumed')} samples, "
+               f"{state.get('nonfinite_skipped', 0)} non-finite steps skipped, "
+               f"{data.get('bad_samples', 0)} bad samples skipped); checkpoints in {out}")

@@ -1,0 +1,142 @@
+"""`dataset.json` of a preprocess output, checked against the training config before step 1.
+
+Every mismatch names both values: what the shards hold and what the model/config expects.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from configs.schema import Config
+
+
+class DatasetMismatch(ValueError):
+    """The shards were made for another geometry or model than the training config."""
+
+
+@dataclass
+class DatasetInfo:
+    root: Path  # the preprocess output folder (holds dataset.json and shards/)
+    meta: dict[str, Any]  # parsed dataset.json
+    shards: list[str]  # complete shard tars, in shard order
+
+    @property
+    def latents(self) -> str:
+        return self.meta["latents"]
+
+    @property
+    def teacher_dtype(self) -> str:
+        return self.meta["teacher_dtype"]
+
+    @property
+    def mask_ratio(self) -> float:
+        return float(self.meta["mask_ratio"])
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.meta["scaling_factor"])
+
+    def spec(self, member: str) -> tuple[str, tuple[int, ...]]:
+        m = self.meta["members"][member]
+        return m["dtype"], tuple(m["shape"])
+
+
+def open_dataset(path: str | Path) -> DatasetInfo:
+    """The preprocess output at `path` (or its parent, when `path` is its shards/ folder)."""
+    from pipeline.layout import DATASET_JSON, FORMAT_VERSION, SHARDS_DIR
+    from pipeline.reader import iter_shard_paths
+
+    root = Path(path)
+    if not (root / DATASET_JSON).is_file() and root.name == SHARDS_DIR and (root.parent / DATASET_JSON).is_file():
+        root = root.parent
+    ds = root / DATASET_JSON
+    if not ds.is_file():
+        raise DatasetMismatch(f"--shards {path}: no {DATASET_JSON} (expected the output folder of tsa preprocess)")
+    try:
+        meta = json.loads(ds.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DatasetMismatch(f"{ds}: not readable JSON ({e})") from None
+    needed = ["format_version", "geometry", "latents", "teacher_dtype", "mask_ratio", "members"]
+    missing = [k for k in needed if k not in meta]
+    if missing:
+        raise DatasetMismatch(f"{ds}: missing key(s) {', '.join(missing)}")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise DatasetMismatch(f"{ds}: format_version={meta['format_version']}, this trainer reads "
+                              f"format_version={FORMAT_VERSION}")
+    shards = [str(p) for p in iter_shard_paths(root)]
+    if not shards:
+        raise DatasetMismatch(f"{root / SHARDS_DIR}: no complete shard (a shard is complete when its "
+                              ".json marker exists)")
+    return DatasetInfo(root=root, meta=meta, shards=shards)
+
+
+def needed_members(info: DatasetInfo, cfg: Config) -> list[str]:
+    """The .npy members the trainer reads for `align.loss` (baseline fine-tuning reads no
+    teacher features, only M-TSA reads the motion map and mask)."""
+    names = ["latent.npy"] if info.latents == "sample" else ["latent_mean.npy", "latent_logvar.npy"]
+    names.append("text.npy")
+    if cfg.align.loss != "none":
+        names.append("teacher.npy")
+        if info.teacher_dtype == "int8":
+            names.append("teacher_scale.npy")
+    if cfg.align.loss == "mtsa":
+        names.append("mask.npy" if uses_stored_mask(info, cfg) else "motion.npy")
+    return names
+
+
+def uses_stored_mask(info: DatasetInfo, cfg: Config) -> bool:
+    """mask.npy holds the top-k mask at the preprocess ratio; another k needs motion.npy."""
+    return abs(cfg.align.ratio - info.mask_ratio) < 1e-9
+
+
+def check_dataset(info: DatasetInfo, cfg: Config, projector_grid: tuple[int, int, int] | None = None,
+                  projector_dim: int | None = None) -> None:
+    """Raise DatasetMismatch if the shards cannot feed this config's student and projector."""
+    ds = info.root / "dataset.json"
+    geo = info.meta["geometry"]
+    g = cfg.geometry
+
+    def same(key: str, shard_value: Any, expected: Any, what: str) -> None:
+        if shard_value is None or list(shard_value) != list(expected):
+            raise DatasetMismatch(f"{ds}: geometry.{key}={list(shard_value) if shard_value else shard_value} "
+                                  f"but {what} is {list(expected)}")
+
+    frames = f"num_frames={g.num_frames}, height={g.height}, width={g.width}"
+    same("latent_shape", geo.get("latent_shape"), g.latent_shape,
+         f"the student's latent shape from the config ({frames})")
+    same("text_shape", geo.get("text_shape"), g.text_shape,
+         "the student's text input from the config (geometry.text_length, geometry.text_dim)")
+    if cfg.align.loss != "none":
+        grid = projector_grid if projector_grid is not None else g.teacher_grid
+        same("teacher_grid", geo.get("teacher_grid"), grid, "the projector's output grid")
+        dim = projector_dim if projector_dim is not None else cfg.models.teacher.dim
+        if geo.get("teacher_dim") != dim:
+            raise DatasetMismatch(f"{ds}: geometry.teacher_dim={geo.get('teacher_dim')} but the projector "
+                                  f"outputs {dim} channels (models.teacher.dim)")
+    if info.latents not in ("sample", "moments"):
+        raise DatasetMismatch(f"{ds}: latents={info.latents!r}, expected sample or moments")
+    if info.latents == "moments" and not isinstance(info.meta.get("scaling_factor"), (int, float)):
+        raise DatasetMismatch(f"{ds}: latents=moments needs a numeric scaling_factor, "
+                              f"got {info.meta.get('scaling_factor')!r}")
+    if info.teacher_dtype not in ("float16", "int8"):
+        raise DatasetMismatch(f"{ds}: teacher_dtype={info.teacher_dtype!r}, expected float16 or int8")
+    n_tokens = g.teacher_grid[0] * g.teacher_grid[1] * g.teacher_grid[2]
+    expected = {
+        "latent.npy": ("float16", g.latent_shape), "latent_mean.npy": ("float16", g.latent_shape),
+        "latent_logvar.npy": ("float16", g.latent_shape), "text.npy": ("float16", g.text_shape),
+        "teacher.npy": ("int8" if info.teacher_dtype == "int8" else "float16",
+                        (n_tokens, cfg.models.teacher.dim)),
+        "teacher_scale.npy": ("float16", (n_tokens,)), "motion.npy": ("float16", g.teacher_grid),
+        "mask.npy": ("bool", g.teacher_grid),
+    }
+    for name in needed_members(info, cfg):
+        if name not in info.meta["members"]:
+            raise DatasetMismatch(f"{ds}: members has no {name}, which align.loss={cfg.align.loss} "
+                                  f"with latents={info.latents} needs")
+        dtype, shape = info.spec(name)
+        want_dtype, want_shape = expected[name]
+        if dtype != want_dtype or list(shape) != list(want_shape):
+            raise DatasetMismatch(f"{ds}: members.{name} is {dtype} {list(shape)} but the config "
+                                  f"expects {want_dtype} {list(want_shape)}")

@@ -1,0 +1,83 @@
+"""Run a TrainJob: in this process for one worker, or on N Ray Train workers (TorchTrainer,
+DDP or FSDP2), on the local machine or the cluster at `ray_address`."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from train.distributed import Dist
+from train.loop import TrainJob, run_training
+
+
+class TrainError(RuntimeError):
+    """Training stopped; the message is the first worker's error."""
+
+
+def _local_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def launch(job: TrainJob, workers: int = 1, strategy: str = "ddp", ray_address: Optional[str] = None) -> dict[str, Any]:
+    """Train; returns the final trainer state (step, data position, counters)."""
+    if workers < 1:
+        raise ValueError(f"--workers {workers}: must be >= 1")
+    if workers == 1 and ray_address is None:
+        return run_training(job, Dist(device=_local_device(), strategy=strategy))
+    return _launch_ray(job, workers, strategy, ray_address)
+
+
+def _ray_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    job = TrainJob(**config["job"])
+    dist = Dist.from_process_group(ray.train.torch.get_device(), config["strategy"])
+    state = run_training(job, dist)
+    if dist.is_main:
+        ray.train.report({"step": state["step"]})
+
+
+def _launch_ray(job: TrainJob, workers: int, strategy: str, ray_address: Optional[str]) -> dict[str, Any]:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=True)
+        started = True
+    try:
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+        trainer = TorchTrainer(
+            _ray_worker,
+            train_loop_config={"job": asdict(job), "strategy": strategy},
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+            run_config=RunConfig(name=f"train-{time.strftime('%Y%m%d-%H%M%S')}",
+                                 storage_path=str(Path(job.out).resolve() / "ray")),
+        )
+        try:
+            trainer.fit()
+        except ray.train.TrainingFailedError as e:
+            raise TrainError(_worker_message(e)) from None
+    finally:
+        if started:
+            ray.shutdown()
+    from train.checkpoint import latest_checkpoint, read_trainer_state
+
+    ckpt = latest_checkpoint(Path(job.out))
+    return read_trainer_state(ckpt) if ckpt else {}
+
+
+def _worker_message(error: Exception) -> str:
+    """The first worker's own exception message, without Ray's wrapping."""
+    failures = getattr(error, "worker_failures", None) or {}
+    for rank in sorted(failures):
+        exc = failures[rank]
+        while getattr(exc, "cause", None) is not None:  # RayTaskError wraps the user exception
+            exc = exc.cause
+        return f"worker {rank}: {type(exc).__name__}: {exc}"
+    return str(error)

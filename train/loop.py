@@ -1,0 +1,173 @@
+"""The training loop, the same on one process and on every Ray Train worker."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from configs.schema import Config, config_from_dict
+from train.checkpoint import latest_checkpoint, load_checkpoint, read_trainer_state, save_checkpoint
+from train.data import DataPosition, RankLoader, microbatches_per_step
+from train.dataset_check import check_dataset, open_dataset
+from train.distributed import Dist, no_grad_sync, unwrap, wrap
+from train.loss import DiffusionObjective, load_scheduler
+from train.metrics import MetricsLog
+from train.model import build_student, rotary_embedding
+from train.optim import build_lr_scheduler, build_optimizer
+from train.step import StepContext, micro_batch_losses
+
+
+class NonFiniteLoss(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
+
+
+@dataclass
+class TrainJob:
+    """Everything a worker needs (plain data, so Ray can ship it)."""
+
+    config: dict[str, Any]  # the config with model refs resolved to paths / hub ids
+    shards: str
+    out: str
+    resume: bool = False
+    progress: Optional[bool] = None  # None: a bar when stderr is a terminal
+    tensorboard: bool = True
+
+    @property
+    def cfg(self) -> Config:
+        return config_from_dict(self.config)
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
+    """Train until `train.max_steps`; returns the final trainer state (all ranks)."""
+    cfg = job.cfg
+    out = Path(job.out)
+    info = open_dataset(job.shards)
+    check_dataset(info, cfg)  # cheap checks before any weights are loaded
+
+    ckpt = latest_checkpoint(out) if job.resume else None
+    if job.resume and ckpt is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {out}")
+    if ckpt is not None:
+        cfg.models.student = str(ckpt / "transformer")
+    torch.manual_seed(cfg.seed)  # the same projector init on every rank and for every world size
+    student = build_student(cfg)
+    if student.projector is not None:
+        check_dataset(info, cfg, projector_grid=student.projector.output_grid(cfg.geometry.student_grid),
+                      projector_dim=student.projector.out_dim)
+    model = wrap(student, dist)
+    optimizer = build_optimizer(model, cfg.train)
+    lr_scheduler = build_lr_scheduler(optimizer, cfg.train)
+
+    state: dict[str, Any] = {"step": 0, "nonfinite_skipped": 0, "nonfinite_in_row": 0}
+    position: Optional[DataPosition] = None
+    if ckpt is not None:
+        saved = load_checkpoint(ckpt, model, optimizer, lr_scheduler, dist)
+        state.update({k: saved[k] for k in state})
+        position = DataPosition.from_dict(saved["data"])
+        if dist.is_main:
+            print(f"resuming {out} from {ckpt.name} (step {saved['step']}, "
+                  f"{position.consumed} samples consumed)", flush=True)
+    loader = RankLoader(info, cfg, dist.rank, dist.world, start=position, pin_memory=dist.device.type == "cuda")
+    start_bad = position.bad_samples if position is not None else 0
+    start_consumed = position.consumed if position is not None else 0
+
+    ctx = StepContext(cfg, DiffusionObjective(load_scheduler(cfg.models.scheduler)), dist.device,
+                      info.scaling_factor if info.latents == "moments" else None,
+                      rotary_embedding(unwrap(model).transformer, cfg, dist.device))
+    accum = microbatches_per_step(cfg, dist.world)
+    global_batch = cfg.train.global_batch
+    max_steps = cfg.train.max_steps
+    metrics = MetricsLog(out, state["step"], max_steps, tensorboard=job.tensorboard, progress=job.progress,
+                         log_every=cfg.train.log_every) if dist.is_main else None
+    attempts = state["step"] + state["nonfinite_skipped"]  # global batches drawn so far
+
+    def trainer_state() -> dict[str, Any]:
+        parts = dist.gather((loader.position(), loader.bad_samples))
+        consumed = attempts * global_batch
+        pos = DataPosition.merged([p for p, _ in parts], consumed, start_bad + sum(b for _, b in parts))
+        return {**state, "data": pos.to_dict(), "world_size": dist.world, "global_batch": global_batch}
+
+    try:
+        if start_consumed != attempts * global_batch:
+            raise RuntimeError(f"checkpoint consumed {start_consumed} samples, expected {attempts} x {global_batch}")
+        while state["step"] < max_steps:
+            t_start = time.perf_counter()
+            wait = 0.0
+            optimizer.zero_grad(set_to_none=True)
+            sums = torch.zeros(3, dtype=torch.float64)
+            bad: list[str] = []
+            for m in range(accum):
+                t_wait = time.perf_counter()
+                batch = loader.next_microbatch()
+                wait += time.perf_counter() - t_wait
+                bad += batch["bad"]
+                with no_grad_sync(model, dist, sync=m == accum - 1):
+                    losses = micro_batch_losses(model, batch, ctx)
+                    (losses["loss"] / accum).backward()
+                sums += torch.stack([losses[k].detach().double().cpu()
+                                     for k in ("loss", "loss_diffusion", "loss_align")]) / accum
+            attempts += 1
+            loss, l_diff, l_align = dist.mean(sums.to(dist.device)).tolist()
+            clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+            reasons = sum(dist.gather(bad), [])  # collective: every rank calls it
+            if metrics is not None:
+                for reason in reasons:
+                    metrics.message(f"skipped bad sample: {reason}")
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                optimizer.zero_grad(set_to_none=True)
+                state["nonfinite_skipped"] += 1
+                state["nonfinite_in_row"] += 1
+                if metrics is not None:
+                    metrics.message(f"step {state['step'] + 1}: non-finite loss={loss} grad_norm={grad_norm}; "
+                                    f"step skipped ({state['nonfinite_in_row']} in a row)")
+                if state["nonfinite_in_row"] >= cfg.train.max_nonfinite_in_row:
+                    raise NonFiniteLoss(
+                        f"{state['nonfinite_in_row']} optimizer steps in a row had a non-finite loss or gradient "
+                        f"(last: loss={loss}, loss_diffusion={l_diff}, loss_align={l_align}, grad_norm={grad_norm}) "
+                        f"at step {state['step'] + 1}; stopping (lower train.lr, check the shards, or raise "
+                        f"train.max_nonfinite_in_row)")
+                continue
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            lr_scheduler.step()
+            state["step"] += 1
+            state["nonfinite_in_row"] = 0
+            if dist.device.type == "cuda":
+                torch.cuda.synchronize(dist.device)
+            elapsed = time.perf_counter() - t_start
+            wait_frac = float(dist.mean(torch.tensor([wait / elapsed], device=dist.device))[0])
+            if metrics is not None:
+                metrics.log({"step": state["step"], "loss": loss, "loss_diffusion": l_diff, "loss_align": l_align,
+                             "lr": lr, "grad_norm": grad_norm, "samples_per_s": global_batch / elapsed,
+                             "data_wait_frac": wait_frac, "step_time_s": elapsed,
+                             "nonfinite_skipped": state["nonfinite_skipped"]})
+            every = cfg.train.checkpoint_every
+            if (every > 0 and state["step"] % every == 0) or state["step"] == max_steps:
+                save_checkpoint(out, state["step"], model, optimizer, lr_scheduler, trainer_state(), dist,
+                                cfg.train.keep_last)
+        final = trainer_state()
+    finally:
+        loader.close()
+        if metrics is not None:
+            metrics.close()
+    return final
+
+
+def saved_config_path(out: Path) -> Path:
+    return Path(out) / "config.yaml"
+
+
+def resumed_step(out: Path) -> int:
+    ckpt = latest_checkpoint(out)
+    return read_trainer_state(ckpt)["step"] if ckpt else 0

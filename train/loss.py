@@ -1,0 +1,97 @@
+"""Training objective: v-prediction diffusion loss + lambda * alignment loss (paper Eq. 14).
+
+Noising and the targets are computed in fp32: in bf16, sqrt(alpha_bar) of t=0 and t=1
+round to the same value.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from configs.schema import AlignConfig
+
+
+def load_scheduler(ref: str):
+    """CogVideoXDPMScheduler with the model's own scheduler config (subfolder `scheduler`)."""
+    from diffusers import CogVideoXDPMScheduler
+
+    return CogVideoXDPMScheduler.from_pretrained(ref, subfolder="scheduler")
+
+
+class DiffusionObjective:
+    """Forward process and target of the scheduler: z_t = sqrt(ab) x0 + sqrt(1 - ab) eps,
+    target v = sqrt(ab) eps - sqrt(1 - ab) x0 (or eps for epsilon models)."""
+
+    def __init__(self, scheduler):
+        self.prediction_type = scheduler.config.prediction_type
+        if self.prediction_type not in ("v_prediction", "epsilon"):
+            raise ValueError(f"scheduler prediction_type={self.prediction_type!r}: "
+                             "expected v_prediction or epsilon")
+        self.alphas_cumprod = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32).clone()
+        self.num_timesteps = int(scheduler.config.num_train_timesteps)
+
+    def _coefficients(self, t: torch.Tensor, ndim: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        ab = self.alphas_cumprod.to(device)[t.to(device)]
+        shape = (-1,) + (1,) * (ndim - 1)
+        return ab.sqrt().view(shape), (1 - ab).sqrt().view(shape)
+
+    def noisy_and_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
+        """x0, noise [B, ...] (any dtype), t [B] long -> (z_t, target) both fp32 [B, ...]."""
+        x0, noise = x0.float(), noise.float()
+        a, s = self._coefficients(t, x0.dim(), x0.device)
+        noisy = a * x0 + s * noise
+        target = a * noise - s * x0 if self.prediction_type == "v_prediction" else noise
+        return noisy, target
+
+
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error in fp32; for v-prediction this equals the 1/(1 - alpha_bar)
+    weighted x0 loss of the CogVideoX trainers (tests/test_train_loss.py shows it)."""
+    return F.mse_loss(pred.float(), target.float())
+
+
+def alignment_loss(align: AlignConfig, projected: Optional[torch.Tensor], teacher: Optional[torch.Tensor],
+                   grid: tuple[int, int, int], query_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`align.loss` on projected student tokens and teacher tokens, both [B, N, C], N = F*H*W
+    of the teacher grid; `query_index` [B, M] (M-TSA only). Scalar fp32."""
+    from tsa_core import repa_loss, trd_loss, tsa_loss
+
+    name = align.loss
+    if name == "none":
+        raise ValueError("alignment_loss: align.loss is none")
+    if name == "mtsa":
+        if query_index is None:
+            raise ValueError("alignment_loss: mtsa needs the motion mask's query_index")
+        return tsa_loss(projected, teacher, grid, tau=align.tau, query_index=query_index)
+    if name == "tsa":
+        return tsa_loss(projected, teacher, grid, tau=align.tau)
+    if name == "trd":
+        return trd_loss(projected, teacher, grid, margin=align.margin)
+    if name == "repa":
+        return repa_loss(projected, teacher)
+    raise ValueError(f"align.loss={name!r}: expected one of mtsa, tsa, trd, repa, none")
+
+
+def sample_seed(seed: int, index: int, stream: int = 0) -> int:
+    """A 63-bit seed for global sample `index`: the same sample gets the same noise and
+    timestep whatever the number of workers, and again after a resume."""
+    return int(np.random.SeedSequence([seed, index, stream]).generate_state(1, np.uint64)[0]) >> 1
+
+
+def draw_noise(seed: int, index: int, latent_shape, num_timesteps: int) -> tuple[int, torch.Tensor]:
+    """(timestep uniform in [0, T), Gaussian noise [C, F, H, W] fp32) for one sample."""
+    g = torch.Generator().manual_seed(sample_seed(seed, index, 0))
+    t = int(torch.randint(0, num_timesteps, (1,), generator=g))
+    return t, torch.randn(tuple(latent_shape), generator=g)
+
+
+def posterior_sample(mean: torch.Tensor, logvar: torch.Tensor, seed: int, index: int,
+                     scaling_factor: float) -> torch.Tensor:
+    """One VAE posterior sample x scaling_factor from stored moments [C, F, H, W] (fp32);
+    logvar clamped to [-30, 20] as diffusers' DiagonalGaussianDistribution does."""
+    g = torch.Generator().manual_seed(sample_seed(seed, index, 1))
+    std = torch.exp(0.5 * logvar.float().clamp(-30.0, 20.0))
+    return (mean.float() + std * torch.randn(mean.shape, generator=g)) * scaling_factor

@@ -1,0 +1,46 @@
+"""AdamW over fp32 master weights (two groups: transformer, projector) and the warm-up-then-
+constant learning-rate schedule.
+
+The parameters stay fp32 and bf16 is only the autocast compute dtype: at lr 2e-6 an update
+is far below bf16's resolution of a weight (8 bits of mantissa), so pure-bf16 AdamW
+rounds most updates away.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from configs.schema import TrainConfig
+
+
+def build_optimizer(model: nn.Module, train: TrainConfig) -> torch.optim.AdamW:
+    """`model` is the (possibly wrapped) Student: parameters under `projector.` get
+    `train.projector_lr`, all others `train.lr`; weight decay on both."""
+    student, projector = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.dtype != torch.float32:
+            raise ValueError(f"parameter {name} is {p.dtype}: master weights must be float32")
+        (projector if ".projector." in f".{name}" else student).append(p)
+    groups = [{"params": student, "lr": train.lr, "name": "student"}]
+    if projector:
+        groups.append({"params": projector, "lr": train.projector_lr, "name": "projector"})
+    return torch.optim.AdamW(groups, betas=tuple(train.betas), weight_decay=train.weight_decay)
+
+
+class WarmupConstant:
+    """lr factor for optimizer step n (1-indexed): n / warmup_steps during warm-up, then 1.
+    A class (not a lambda) so the scheduler's state_dict stays plain data."""
+
+    def __init__(self, warmup_steps: int):
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, steps_done: int) -> float:
+        if self.warmup_steps <= 0:
+            return 1.0
+        return min(1.0, (steps_done + 1) / self.warmup_steps)
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupConstant(train.warmup_steps))

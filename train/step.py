@@ -1,0 +1,62 @@
+"""One micro-batch: per-sample noise and timestep, the student forward, the loss terms."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from configs.schema import Config
+from train.loss import DiffusionObjective, alignment_loss, diffusion_loss, draw_noise, posterior_sample
+
+
+@dataclass
+class StepContext:
+    cfg: Config
+    objective: DiffusionObjective
+    device: torch.device
+    scaling_factor: Optional[float]  # for latents stored as moments
+    rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    @property
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        # bf16 compute on GPUs only; CPU runs (tests, tiny) stay fp32.
+        if self.cfg.train.mixed_precision == "bf16" and self.device.type == "cuda":
+            return torch.bfloat16
+        return None
+
+
+def clean_latents(batch: dict[str, Any], ctx: StepContext) -> torch.Tensor:
+    """x0 [B, C, F, H, W] fp32 on CPU: the stored sample, or a posterior sample of the stored
+    moments drawn with the sample's own seed."""
+    if "latent" in batch:
+        return batch["latent"].float()
+    return torch.stack([posterior_sample(m, lv, ctx.cfg.seed, j, ctx.scaling_factor)
+                        for m, lv, j in zip(batch["latent_mean"], batch["latent_logvar"], batch["index"])])
+
+
+def micro_batch_losses(model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
+    """{"loss", "loss_diffusion", "loss_align"}: fp32 scalars (loss_align 0 for align.loss none)."""
+    from tsa_core import mask_to_index
+
+    cfg, dev = ctx.cfg, ctx.device
+    x0 = clean_latents(batch, ctx)
+    draws = [draw_noise(cfg.seed, j, x0.shape[1:], ctx.objective.num_timesteps) for j in batch["index"]]
+    t = torch.tensor([d[0] for d in draws], dtype=torch.long, device=dev)
+    noise = torch.stack([d[1] for d in draws])
+    noisy, target = ctx.objective.noisy_and_target(x0.to(dev, non_blocking=True), noise.to(dev, non_blocking=True), t)
+    # The transformer takes [B, F, C, H, W].
+    noisy, target = noisy.transpose(1, 2), target.transpose(1, 2)
+    text = batch["text"].to(dev, non_blocking=True).float()
+    dtype = ctx.autocast_dtype
+    with torch.autocast(device_type=dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        pred, projected = model(noisy, text, t, ctx.rotary)
+    l_diff = diffusion_loss(pred, target)
+    if cfg.align.loss == "none":
+        l_align = torch.zeros((), device=dev)
+    else:
+        teacher = batch["teacher"].to(dev, non_blocking=True)
+        query = mask_to_index(batch["mask"]).to(dev) if cfg.align.loss == "mtsa" else None
+        l_align = alignment_loss(cfg.align, projected, teacher, tuple(cfg.geometry.teacher_grid), query)
+    return {"loss": l_diff + cfg.align.weight * l_align, "loss_diffusion": l_diff, "loss_align": l_align}
