@@ -126,7 +126,7 @@ function sortClips(name) {
   const rows = Array.from(body.rows);
   rows.sort((a, b) => dir * (parseFloat(a.dataset[field]) - parseFloat(b.dataset[field])));
   rows.forEach(r => body.appendChild(r));
-  history.replaceState(null, '', '#sort=' + name);
+  try { history.replaceState(null, '', '#sort=' + name); } catch (e) { /* some browsers refuse on file:// */ }
 }
 window.addEventListener('load', () => {
   const m = location.hash.match(/^#sort=([a-z-]+)$/);
