@@ -6,18 +6,23 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from tsa_core.checks import check_grid, check_pair, check_query_index, check_tokens
+from tsa_core.checks import check_grid, check_pair, check_query_index, check_tokens, compute_dtype
 from tsa_core.correspondence import query_rows
 
 
 def repa_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Eq. 2: mean over batch and tokens of -cos(student, teacher); both [B, N, C], fp32."""
+    """Eq. 2: mean over batch and tokens of -cos(student, teacher); both [B, N, C].
+
+    fp32 (float64 kept) with autocast off; gradients reach both arguments.
+    """
     if student.dim() != 3 or student.shape != teacher.shape:
         raise ValueError(f"repa_loss: student {tuple(student.shape)} and teacher "
                          f"{tuple(teacher.shape)} must both be [B, N, C] of the same shape")
+    if not (student.is_floating_point() and teacher.is_floating_point()):
+        raise ValueError("repa_loss: student and teacher must be floating-point tensors")
     with torch.autocast(device_type=student.device.type, enabled=False):
-        es = F.normalize(student.float(), dim=-1)
-        et = F.normalize(teacher.float(), dim=-1)
+        es = F.normalize(compute_dtype(student), dim=-1)
+        et = F.normalize(compute_dtype(teacher), dim=-1)
         return -(es * et).sum(-1).mean()
 
 
@@ -26,7 +31,8 @@ def trd_loss(student: torch.Tensor, teacher: torch.Tensor, grid: Sequence[int], 
     """VideoREPA's token relation distillation: mean of relu(|R_s - R_t| - margin).
 
     student [B, N, Cs], teacher [B, N, Ct]; R = cosine similarities of the query rows
-    (all rows when `query_index` is None, else [B, M]) against all N tokens; fp32.
+    (all rows when `query_index` is None, else [B, M]) against all N tokens. fp32 (float64
+    kept) with autocast off; gradients reach both arguments. Builds [B, M, N] at once.
     """
     grid = check_grid(grid)
     check_tokens("student", student, grid)
@@ -34,8 +40,8 @@ def trd_loss(student: torch.Tensor, teacher: torch.Tensor, grid: Sequence[int], 
     check_pair(student, teacher)
     query_index = check_query_index(query_index, student.shape[0], student.shape[1], student.device)
     with torch.autocast(device_type=student.device.type, enabled=False):
-        es = F.normalize(student.float(), dim=-1)
-        et = F.normalize(teacher.float(), dim=-1)
+        es = F.normalize(compute_dtype(student), dim=-1)
+        et = F.normalize(compute_dtype(teacher), dim=-1)
         rs = query_rows(es, query_index) @ es.transpose(1, 2)  # [B, M, N]
         rt = query_rows(et, query_index) @ et.transpose(1, 2)
         return F.relu((rs - rt).abs() - margin).mean()

@@ -58,3 +58,9 @@ def check_query_index(query_index: Optional[torch.Tensor], batch: int, n: int,
     if lo < 0 or hi >= n:
         raise ValueError(f"query_index: values must be in [0, {n}), got [{lo}, {hi}]")
     return query_index.long()
+
+
+def compute_dtype(x: torch.Tensor) -> torch.Tensor:
+    """x in the losses' compute dtype: fp32 for every dtype but float64, which stays float64
+    (reference tests and gradcheck)."""
+    return x if x.dtype == torch.float64 else x.float()

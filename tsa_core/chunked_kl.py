@@ -1,23 +1,31 @@
-"""Memory-frugal TSA / M-TSA: the tempered-correspondence KL computed a chunk of query rows
-at a time, with a hand-written backward, so no [M, N] (let alone [N, N]) matrix ever exists
-for a whole sample. Only the fp32 inputs and their inverse norms are kept for backward.
+"""Memory-frugal TSA / M-TSA: the tempered-correspondence KL and its gradient computed a
+chunk of query rows at a time, so no [M, N] (let alone [N, N]) matrix ever exists for a
+whole sample.
 
 Notation (one sample): x [N, C] tokens, inv [N] = 1 / max(|x_n|, eps), E = x * inv
-(F.normalize), R = E_q E^T / tau [c, N] for a chunk q of query rows, viewed as
+(F.normalize), for a chunk q of query rows R = E_q E^T / tau [c, N], viewed as
 [c, F, H*W] and soft-maxed over H*W (Eq. 8).
 
-Backward, with D = B * M * F the number of (sample, query, frame) terms averaged:
-    dL/dR_s (tempered logits) = (P_s - P_t) / D                        (Eq. 10, times tau)
-    dL/dE_q += (P_s - P_t) / (tau D) @ E        (query side)
-    dL/dE   += ((P_s - P_t) / (tau D))^T @ E_q  (key side)
+Gradient, with D = B * M * F the number of (sample, query, frame) KL terms averaged:
+    dL/dR_s = (P_s - P_t) / (tau D)              (Eq. 10 with the mean's 1/D)
+    dL/dE_q += dL/dR_s @ E                        (query side)
+    dL/dE   += (dL/dR_s)^T @ E_q                  (key side)
 then through the L2 normalisation: dL/dx = inv * (g - E <E, g>) where |x| > eps, and
-inv * g where the norm was clamped (the gradient F.normalize gives).
+inv * g where the norm was clamped (what F.normalize's autograd gives).
+
+The loss is a scalar, so dL/dx is fully known once P_s and P_t of a chunk are: when the
+student needs a gradient, forward accumulates it in the same pass over the chunks (the
+similarities are computed once, never recomputed), and backward only scales it by the
+incoming gradient. Memory: one [B, N, Cs] gradient buffer (the size of the gradient
+autograd returns anyway) plus a few [chunk, N] temporaries; at backward the buffer and
+its scaled copy exist together for a moment.
 """
 from __future__ import annotations
 
 from typing import Iterator, Optional, Union
 
 import torch
+from torch.autograd.function import once_differentiable
 
 EPS = 1e-12  # F.normalize's default
 
@@ -46,66 +54,70 @@ def tempered_log_probs(x: torch.Tensor, inv: torch.Tensor, rows: Rows, frames: i
     return torch.log_softmax(logits.view(logits.shape[0], frames, -1), dim=-1)
 
 
-def kl_sum(log_pt: torch.Tensor, log_ps: torch.Tensor) -> torch.Tensor:
-    """sum of KL(P_t || P_s) terms with 0 log 0 = 0, in the input dtype."""
-    pt = log_pt.exp()
+def kl_terms(log_pt: torch.Tensor, pt: torch.Tensor, log_ps: torch.Tensor) -> torch.Tensor:
+    """Sum of KL(P_t || P_s) over everything, with 0 log 0 = 0."""
     return torch.where(pt > 0, pt * (log_pt - log_ps), 0.0).sum()
 
 
-class ChunkedTemperedKL(torch.autograd.Function):
-    """loss = mean over b, query rows, frames of KL(P_teacher || P_student).
-
-    forward(student [B, N, Cs] fp32, teacher [B, N, Ct] fp32 (no grad), query_index [B, M]
-    long or None (all N rows), frames F, tau, chunk) -> scalar. The teacher is a fixed
-    target: its gradient is None.
-    """
-
-    @staticmethod
-    def forward(ctx, student, teacher, query_index, frames, tau, chunk):
-        b, n, _ = student.shape
-        m = n if query_index is None else query_index.shape[1]
-        inv_s, inv_t = inverse_norm(student), inverse_norm(teacher)
-        total = student.new_zeros(())
-        for i in range(b):
-            for rows in row_chunks(query_index, i, n, chunk):
-                log_ps = tempered_log_probs(student[i], inv_s[i], rows, frames, tau)
-                log_pt = tempered_log_probs(teacher[i], inv_t[i], rows, frames, tau)
-                total += kl_sum(log_pt, log_ps)
-        ctx.save_for_backward(student, inv_s, teacher, inv_t,
-                              query_index if query_index is not None else None)
-        ctx.dense = query_index is None
-        ctx.frames, ctx.tau, ctx.chunk, ctx.terms = frames, tau, chunk, b * m * frames
-        return total / ctx.terms
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        student, inv_s, teacher, inv_t, query_index = ctx.saved_tensors
-        query_index = None if ctx.dense else query_index
-        frames, tau, chunk = ctx.frames, ctx.tau, ctx.chunk
-        b, n, _ = student.shape
-        scale = grad_out / (tau * ctx.terms)
-        grad = torch.zeros_like(student)  # dL/dE, then dL/dx in place
-        with torch.autocast(device_type=student.device.type, enabled=False):
-            for i in range(b):
-                x, inv, g = student[i], inv_s[i], grad[i]
-                for rows in row_chunks(query_index, i, n, chunk):
-                    ps = tempered_log_probs(x, inv, rows, frames, tau).exp_()
-                    pt = tempered_log_probs(teacher[i], inv_t[i], rows, frames, tau).exp_()
-                    d = ps.sub_(pt).mul_(scale).view(ps.shape[0], n)  # dL/dR (untempered) [c, N]
-                    eq = x[rows] * inv[rows].unsqueeze(-1)
-                    g.addmm_(d.T, eq)  # key side
-                    dq = d.mul_(inv) @ x  # query side: d @ E
-                    if isinstance(rows, slice):
-                        g[rows] += dq
-                    else:
-                        g.index_add_(0, rows, dq)
-                _normalize_backward_(g, x, inv)
-        return grad, None, None, None, None, None
-
-
-def _normalize_backward_(g: torch.Tensor, x: torch.Tensor, inv: torch.Tensor) -> None:
+def normalize_backward_(g: torch.Tensor, x: torch.Tensor, inv: torch.Tensor) -> None:
     """In place: g = dL/dE [N, C] -> dL/dx for E = x * inv (inv [N] as in inverse_norm)."""
     dot = (x.unsqueeze(1) @ g.unsqueeze(2)).view(-1)  # <x, g> per row without an [N, C] temp
     unclamped = torch.linalg.vector_norm(x, dim=-1) > EPS
     coef = torch.where(unclamped, dot * inv.pow(3), 0.0)
     g.mul_(inv.unsqueeze(-1)).addcmul_(x, coef.unsqueeze(-1), value=-1)
+
+
+def tempered_kl(student: torch.Tensor, teacher: torch.Tensor, query_index: Optional[torch.Tensor],
+                frames: int, tau: float, chunk: int, with_grad: bool):
+    """(loss, dloss/dstudent or None). student [B, N, Cs], teacher [B, N, Ct] in one float
+    dtype; query_index [B, M] long or None (all N rows)."""
+    b, n, _ = student.shape
+    m = n if query_index is None else query_index.shape[1]
+    terms = b * m * frames
+    inv_s, inv_t = inverse_norm(student), inverse_norm(teacher)
+    total = student.new_zeros(())
+    grad = torch.zeros_like(student) if with_grad else None  # dL/dE, then dL/dx in place
+    for i in range(b):
+        x, inv = student[i], inv_s[i]
+        for rows in row_chunks(query_index, i, n, chunk):
+            log_ps = tempered_log_probs(x, inv, rows, frames, tau)
+            log_pt = tempered_log_probs(teacher[i], inv_t[i], rows, frames, tau)
+            pt = log_pt.exp()
+            total += kl_terms(log_pt, pt, log_ps)
+            if grad is None:
+                continue
+            d = log_ps.exp_().sub_(pt).div_(tau * terms).view(-1, n)  # dL/dR_s [c, N]
+            eq = x[rows] * inv[rows].unsqueeze(-1)
+            grad[i].addmm_(d.T, eq)  # key side
+            dq = d.mul_(inv) @ x  # query side: dL/dR_s @ E
+            if isinstance(rows, slice):
+                grad[i, rows] += dq
+            else:
+                grad[i].index_add_(0, rows, dq)
+        if grad is not None:
+            normalize_backward_(grad[i], x, inv)
+    return total / terms, grad
+
+
+class ChunkedTemperedKL(torch.autograd.Function):
+    """loss = mean over b, query rows, frames of KL(P_teacher || P_student).
+
+    forward(student [B, N, Cs], teacher [B, N, Ct] (no grad), query_index [B, M] long or
+    None, frames F, tau, chunk, with_grad) -> scalar. The teacher is a fixed target: its
+    gradient is None. First-order only (no double backward).
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, query_index, frames, tau, chunk, with_grad):
+        loss, grad = tempered_kl(student, teacher, query_index, frames, tau, chunk, with_grad)
+        # A saved tensor (not a ctx attribute) is freed by autograd right after backward.
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        if grad is None:
+            raise RuntimeError("tsa_loss: the student did not require grad at forward time")
+        return grad * grad_out, None, None, None, None, None, None

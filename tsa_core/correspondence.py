@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from tsa_core.checks import check_grid, check_pair, check_query_index, check_tokens
+from tsa_core.checks import check_grid, check_pair, check_query_index, check_tokens, compute_dtype
 from tsa_core.chunked_kl import ChunkedTemperedKL
 
 DEFAULT_CHUNK = 256  # query rows per chunk (config: align.query_chunk)
@@ -21,7 +21,7 @@ def query_rows(x: torch.Tensor, query_index: Optional[torch.Tensor]) -> torch.Te
 
 def correspondence_probs(tokens: torch.Tensor, grid: Sequence[int], tau: float = 0.1,
                          query_index: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """P of Eq. 8 for inspection: tokens [B, N, C] -> [B, M, F, H, W] (fp32, autograd-able).
+    """P of Eq. 8 for inspection: tokens [B, N, C] -> [B, M, F, H, W] (fp32, float64 kept; autograd-able).
 
     Builds the [B, M, N] similarity rows at once: meant for a few query tokens (viewer),
     not for the loss.
@@ -30,7 +30,7 @@ def correspondence_probs(tokens: torch.Tensor, grid: Sequence[int], tau: float =
     check_tokens("tokens", tokens, grid)
     query_index = check_query_index(query_index, tokens.shape[0], tokens.shape[1], tokens.device)
     with torch.autocast(device_type=tokens.device.type, enabled=False):
-        e = F.normalize(tokens.float(), dim=-1)
+        e = F.normalize(compute_dtype(tokens), dim=-1)
         r = query_rows(e, query_index) @ e.transpose(1, 2)  # [B, M, N]
         p = torch.softmax(r.unflatten(-1, (f, h * w)) / tau, dim=-1)
     return p.unflatten(-1, (h, w))
@@ -48,7 +48,8 @@ def tsa_loss(student: torch.Tensor, teacher: torch.Tensor, grid: Sequence[int], 
     memory grows with chunk * N, never with M * N or N * N.
 
     The teacher is a fixed target: it receives no gradient, and a teacher that requires
-    grad is refused (pass teacher.detach()).
+    grad is refused (pass teacher.detach()). When the student requires grad, the gradient
+    is computed during this call (same pass over the chunks) and backward only scales it.
     """
     grid = check_grid(grid)
     check_tokens("student", student, grid)
@@ -63,11 +64,8 @@ def tsa_loss(student: torch.Tensor, teacher: torch.Tensor, grid: Sequence[int], 
     if teacher.requires_grad:
         raise ValueError("tsa_loss: teacher requires grad, but the teacher is a fixed target "
                          "and gets no gradient; pass teacher.detach()")
+    with_grad = torch.is_grad_enabled() and student.requires_grad
     with torch.autocast(device_type=student.device.type, enabled=False):
-        return ChunkedTemperedKL.apply(_compute_dtype(student), _compute_dtype(teacher),
-                                       query_index, grid[0], float(tau), chunk)
+        return ChunkedTemperedKL.apply(compute_dtype(student), compute_dtype(teacher),
+                                       query_index, grid[0], float(tau), chunk, with_grad)
 
-
-def _compute_dtype(x: torch.Tensor) -> torch.Tensor:
-    """fp32 for every input dtype but float64, which stays (reference tests, gradcheck)."""
-    return x if x.dtype == torch.float64 else x.float()

@@ -1,0 +1,145 @@
+"""Extra peak memory and time of M-TSA against dense TSA, forward + backward, fp32.
+
+Each variant runs in its own subprocess, so peaks do not mix:
+  dense_plain  the plain autograd formulation with full [B, N, N] matrices (what a
+               straightforward dense TSA costs)
+  gather_plain the plain autograd formulation on gathered query rows ([B, M, N] matrices)
+  dense        tsa_core.tsa_loss with every token a query (chunked custom backward)
+  mtsa         tsa_core.tsa_loss with query_index (chunked custom backward)
+Extra peak = peak after forward+backward minus the level after allocating the inputs:
+VmHWM from /proc/self/status on CPU, torch.cuda.max_memory_allocated on CUDA.
+
+    python bench/mtsa_memory.py            # paper size: B=4, grid 24x10x15, C=768, k=20%
+    python bench/mtsa_memory.py --small    # a quick run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+VARIANTS = ("dense_plain", "gather_plain", "dense", "mtsa")
+
+
+def vm_hwm_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+def plain_tsa(student, teacher, grid, tau, query_index):
+    """Straightforward autograd TSA: the reference a dense implementation would use."""
+    f, h, w = grid
+
+    def log_probs(x):
+        e = F.normalize(x, dim=-1)
+        q = e if query_index is None else torch.gather(
+            e, 1, query_index.unsqueeze(-1).expand(-1, -1, e.shape[-1]))
+        return torch.log_softmax((q @ e.transpose(1, 2)).unflatten(-1, (f, h * w)) / tau, dim=-1)
+
+    log_ps = log_probs(student)
+    with torch.no_grad():
+        log_pt = log_probs(teacher)
+    return (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean()
+
+
+def worker(args) -> dict:
+    from tsa_core import mask_to_index, topk_mask, tsa_loss
+
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    grid = tuple(args.grid)
+    n = grid[0] * grid[1] * grid[2]
+    student = torch.randn(args.batch, n, args.dim, device=device, requires_grad=True)
+    teacher = torch.randn(args.batch, n, args.dim, device=device)
+    motion = torch.rand(args.batch, *grid, device=device)
+    query_index = mask_to_index(topk_mask(motion, args.ratio))
+    cuda = device.type == "cuda"
+
+    def step():
+        if args.variant == "dense_plain":
+            loss = plain_tsa(student, teacher, grid, args.tau, None)
+        elif args.variant == "gather_plain":
+            loss = plain_tsa(student, teacher, grid, args.tau, query_index)
+        elif args.variant == "dense":
+            loss = tsa_loss(student, teacher, grid, args.tau, None, args.chunk)
+        else:
+            loss = tsa_loss(student, teacher, grid, args.tau, query_index, args.chunk)
+        loss.backward()
+        if cuda:
+            torch.cuda.synchronize()
+
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = vm_hwm_bytes()
+    times = []
+    for _ in range(args.repeats):
+        student.grad = None
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() if cuda else vm_hwm_bytes()
+    return {"variant": args.variant, "extra_peak_bytes": peak - base,
+            "seconds": statistics.median(times), "all_seconds": times,
+            "queries_per_sample": int(query_index.shape[1]), "tokens": n}
+
+
+def run_variant(args, variant: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", variant, "--batch", str(args.batch),
+           "--grid", *map(str, args.grid), "--dim", str(args.dim), "--ratio", str(args.ratio),
+           "--tau", str(args.tau), "--chunk", str(args.chunk), "--repeats", str(args.repeats),
+           "--device", args.device]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--small", action="store_true", help="B=2, grid 8x10x15, C=128")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--grid", type=int, nargs=3, default=[24, 10, 15])
+    p.add_argument("--dim", type=int, default=768)
+    p.add_argument("--ratio", type=float, default=0.2)
+    p.add_argument("--tau", type=float, default=0.1)
+    p.add_argument("--chunk", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.small:
+        args.batch, args.grid, args.dim = 2, [8, 10, 15], 128
+    if args.worker:
+        args.variant = args.worker
+        print(json.dumps(worker(args)))
+        return
+
+    print(f"B={args.batch} grid={tuple(args.grid)} C={args.dim} k={args.ratio} tau={args.tau} "
+          f"chunk={args.chunk} device={args.device} threads={torch.get_num_threads()} "
+          f"repeats={args.repeats} (median time)")
+    results = {v: run_variant(args, v) for v in args.variants}
+    for v, r in results.items():
+        print(f"{v:>12}: extra peak {r['extra_peak_bytes'] / 2**20:9.1f} MiB   "
+              f"time {r['seconds']:8.3f} s   (M={r['queries_per_sample']}, N={r['tokens']})")
+    if "mtsa" in results:
+        m = results["mtsa"]
+        for ref in ("dense_plain", "dense"):
+            if ref in results:
+                r = results[ref]
+                print(f"mtsa / {ref}: memory {m['extra_peak_bytes'] / r['extra_peak_bytes']:.3f}x   "
+                      f"time {m['seconds'] / r['seconds']:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
