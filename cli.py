@@ -43,6 +43,11 @@ from pipeline.view.command import view as view_cmd  # noqa: E402
 app.command("view")(view_cmd)
 
 
+from pipeline.cli import preprocess  # noqa: E402
+
+app.command("preprocess")(preprocess)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,122 @@
+"""The `tsa preprocess` command: options, progress bar, summary, exit codes.
+
+Exit 0 when the run finishes, broken clips included (they are `failed` manifest rows);
+exit 2 for real errors: bad config, `--src` missing, `--out` holding another config's output.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from pipeline.run import RunResult
+
+
+class RateColumn(ProgressColumn):
+    """Clips per second over the whole run so far (steady enough for a long run)."""
+
+    def render(self, task) -> Text:
+        elapsed = task.elapsed or 0.0
+        rate = task.completed / elapsed if elapsed > 0 and task.completed else None
+        return Text(f"{rate:.2f} clips/s" if rate else "-- clips/s", style="progress.data.speed")
+
+
+def _quiet_ray_logs() -> None:
+    """Ray Data's console lines (execution started/finished, progress-bar notices) would break
+    the rich bar; they still go to Ray's session log files."""
+    import ray.data  # noqa: F401  (configures the `ray.data` logger and its console handler)
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if not hasattr(handler, "baseFilename"):
+            handler.setLevel(logging.ERROR)
+
+
+def print_summary(console: Console, r: RunResult) -> None:
+    c = r.counts
+    console.print(f"[bold]{r.out}[/]: {c.get('ok', 0)} ok, {c.get('failed', 0)} failed, {c.get('skipped', 0)} "
+                  f"skipped of {r.total} clips; {r.shards_written} shard(s) written now, "
+                  f"{r.shards_done_before} were already done")
+    if r.processed:
+        console.print(f"this run: {r.processed} clips in {r.process_s:.1f} s ({r.clips_per_s:.2f} clips/s), "
+                      f"Ray start {r.ray_start_s:.1f} s")
+    if r.removed_partial:
+        console.print(f"removed {r.removed_partial} partial file(s) left by an interrupted run")
+    if r.reasons:
+        table = Table("failed (this run)", "reason", show_edge=False)
+        for reason, n in sorted(r.reasons.items(), key=lambda kv: -kv[1]):
+            table.add_row(str(n), reason)
+        console.print(table)
+
+
+def preprocess(
+    src: Path = typer.Option(..., "--src", help="OpenVid-style folder (CSV files + videos/) or a folder of clips "
+                                                  "with same-named .txt captions."),
+    out: Path = typer.Option(..., "--out", help="Output folder (dataset.json, manifest.parquet, masks.h5, shards/)."),
+    config: str = typer.Option("cogvideox2b_mtsa", "--config", "-c",
+                               help="Config YAML or bundled name (cogvideox2b_mtsa, tiny)."),
+    subset: Optional[Path] = typer.Option(None, "--subset", help="Keep only these `video` names (one per line, or a CSV "
+                                                                  "with a video column)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Process only the first N clips (after --subset)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address",
+                                              help="Ray cluster: `auto` or HOST:PORT. Default: local Ray in-process."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete a previous output in --out and start over."),
+    samples_per_shard: Optional[int] = typer.Option(None, "--samples-per-shard",
+                                                    help="Clips per shard (config preprocess.samples_per_shard)."),
+    latents: Optional[str] = typer.Option(None, "--latents", help="sample (one posterior sample x scaling factor) or "
+                                                                  "moments (mean and logvar)."),
+    teacher_dtype: Optional[str] = typer.Option(None, "--teacher-dtype", help="float16 or int8 (per-token scale)."),
+    override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="Config override key=value "
+                                                                                "(repeatable)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
+) -> None:
+    """Decode clips once and cache VAE latents, T5 embeddings, teacher features and motion maps as shards."""
+    from configs import ConfigError, load_config
+    from pipeline.dataset_info import OutputMismatch
+    from pipeline.run import PreprocessError, run_preprocess
+    from pipeline.sources import SourceError
+
+    console = Console(stderr=True)
+    overrides = list(override or [])
+    for key, value in (("samples_per_shard", samples_per_shard), ("latents", latents),
+                       ("teacher_dtype", teacher_dtype)):
+        if value is not None:
+            overrides.append(f"preprocess.{key}={value}")
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as e:
+        console.print(f"[red]config error:[/] {e}")
+        raise typer.Exit(2)
+    if not src.is_dir():
+        console.print(f"[red]error:[/] --src {src}: not a folder")
+        raise typer.Exit(2)
+    _quiet_ray_logs()
+
+    bar = Progress(TextColumn("[bold]preprocess"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                   TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                   console=console, disable=not progress, transient=False)
+    state: dict[str, Any] = {"task": None, "ok": 0, "failed": 0, "skipped": 0}
+
+    def on_start(todo: int, total: int) -> None:
+        if todo < total:
+            console.print(f"resuming: {total - todo} of {total} clips are in finished shards")
+        state["task"] = bar.add_task("clips", total=todo, status="")
+
+    def on_row(row: dict[str, Any]) -> None:
+        state[row["status"]] = state.get(row["status"], 0) + 1
+        bar.update(state["task"], advance=1,
+                   status=f"ok {state['ok']} failed {state['failed']} skipped {state['skipped']}")
+
+    try:
+        with bar:
+            result = run_preprocess(src, out, cfg, subset=subset, limit=limit, ray_address=ray_address,
+                                    overwrite=overwrite, on_start=on_start, on_row=on_row)
+    except (OutputMismatch, PreprocessError, SourceError, ConfigError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2)
+    print_summary(console, result)

@@ -1,0 +1,159 @@
+"""Stages 3-5 (Ray actor pools): teacher features, VAE latents, T5 text embeddings.
+
+Each stage is a callable class for `Dataset.map_batches(..., batch_format="numpy")`: the
+constructor loads its model once per actor (tiny refs are materialised there, atomically
+and cached), `__call__` takes a batch dict of numpy columns (see pipeline/prepare.py), runs
+the model on the rows whose `ok` is True and returns the batch with its input column
+replaced by its output column. Failed rows get zero outputs and are never written.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from configs.schema import Config, config_from_dict
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def stage_device(num_gpus: float) -> torch.device:
+    return torch.device("cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu")
+
+
+def stage_dtype(cfg: Config, device: torch.device) -> torch.dtype:
+    """preprocess.dtype on GPU; float32 on CPU (bf16 matmuls on CPU are slow and no smaller in RAM that matters)."""
+    if cfg.preprocess.dtype not in DTYPES:
+        raise ValueError(f"preprocess.dtype={cfg.preprocess.dtype!r}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[cfg.preprocess.dtype] if device.type == "cuda" else torch.float32
+
+
+def _resolved(cfg_dict: dict[str, Any], cache_dir: Optional[str]) -> Config:
+    from configs.tiny_models import resolve_tiny
+
+    if cache_dir:
+        os.environ["TSA_CACHE"] = cache_dir
+    return resolve_tiny(config_from_dict(cfg_dict))
+
+
+def key_seed(key: str) -> int:
+    """Seed of a clip's latent noise: from its key only, so reruns and resumes give the same bytes."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def _ok_rows(batch: dict[str, np.ndarray]) -> np.ndarray:
+    return np.flatnonzero(np.asarray(batch["ok"], dtype=bool))
+
+
+class TeacherStage:
+    """teacher_in float32 [B, 3, T, h, w] -> teacher float32 [B, N, dim]."""
+
+    def __init__(self, cfg_dict: dict[str, Any], cache_dir: Optional[str] = None):
+        from pipeline.teacher import load_teacher
+
+        self.cfg = _resolved(cfg_dict, cache_dir)
+        self.device = stage_device(self.cfg.preprocess.teacher.num_gpus)
+        dtype = stage_dtype(self.cfg, self.device)
+        self.model = load_teacher(self.cfg.models.teacher, self.cfg.geometry, self.device, dtype)
+        g = self.cfg.geometry.teacher_grid
+        self.out_shape = (g[0] * g[1] * g[2], self.cfg.models.teacher.dim)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from pipeline.teacher import teacher_features
+
+        rows = _ok_rows(batch)
+        inputs = batch.pop("teacher_in")
+        out = np.zeros((len(inputs), *self.out_shape), np.float32)
+        if len(rows):
+            feats = teacher_features(self.model, torch.from_numpy(np.ascontiguousarray(inputs[rows])))
+            out[rows] = feats.float().cpu().numpy()
+        batch["teacher"] = out
+        return batch
+
+
+class VaeStage:
+    """frames uint8 [B, T', H, W, 3] -> latent float16 [B, C, F, h, w] (a posterior sample x
+    scaling_factor, noise seeded from the key) or latent_mean + latent_logvar (unscaled)."""
+
+    def __init__(self, cfg_dict: dict[str, Any], cache_dir: Optional[str] = None):
+        from diffusers import AutoencoderKLCogVideoX
+
+        self.cfg = _resolved(cfg_dict, cache_dir)
+        p = self.cfg.preprocess
+        self.device = stage_device(p.vae.num_gpus)
+        self.dtype = stage_dtype(self.cfg, self.device)
+        vae = AutoencoderKLCogVideoX.from_pretrained(self.cfg.models.vae, subfolder="vae", torch_dtype=self.dtype)
+        if p.vae_slicing:
+            vae.enable_slicing()
+        if p.vae_tiling:
+            vae.enable_tiling()
+        self.vae = vae.to(self.device).eval().requires_grad_(False)
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.latent_shape = tuple(self.cfg.geometry.latent_shape)
+
+    def _encode(self, frames: np.ndarray, keys: list[str]) -> dict[str, np.ndarray]:
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        x = x.permute(0, 4, 1, 2, 3).to(self.dtype).div_(127.5).sub_(1.0)  # [B, 3, T', H, W] in [-1, 1]
+        with torch.inference_mode():
+            dist = self.vae.encode(x).latent_dist
+        mean, logvar = dist.mean.float(), dist.logvar.float()
+        if tuple(mean.shape[1:]) != self.latent_shape:
+            raise RuntimeError(f"VAE latent shape {tuple(mean.shape[1:])} != config geometry.latent_shape "
+                               f"{self.latent_shape}: the VAE at models.vae does not match the geometry")
+        if self.cfg.preprocess.latents == "moments":
+            return {"latent_mean": mean.cpu().numpy(), "latent_logvar": logvar.cpu().numpy()}
+        noise = torch.stack([torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(key_seed(k)))
+                             for k in keys]).to(mean.device)
+        sample = (mean + torch.exp(0.5 * logvar) * noise) * self.scaling_factor
+        return {"latent": sample.cpu().numpy()}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = _ok_rows(batch)
+        frames = batch.pop("frames")
+        names = ["latent"] if self.cfg.preprocess.latents == "sample" else ["latent_mean", "latent_logvar"]
+        outs = {n: np.zeros((len(frames), *self.latent_shape), np.float32) for n in names}
+        if len(rows):
+            enc = self._encode(frames[rows], [str(batch["key"][i]) for i in rows])
+            for n in names:
+                outs[n][rows] = enc[n]
+        batch.update(outs)
+        return batch
+
+
+class TextStage:
+    """caption -> text float32 [B, L, D]: T5 encoder output over max_length tokens (padding to
+    max length, truncation, no attention mask), as CogVideoX's pipeline computes it."""
+
+    def __init__(self, cfg_dict: dict[str, Any], cache_dir: Optional[str] = None):
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        self.cfg = _resolved(cfg_dict, cache_dir)
+        self.device = stage_device(self.cfg.preprocess.text.num_gpus)
+        dtype = stage_dtype(self.cfg, self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.cfg.models.tokenizer, subfolder="tokenizer")
+        self.encoder = T5EncoderModel.from_pretrained(self.cfg.models.text_encoder, subfolder="text_encoder",
+                                                      torch_dtype=dtype).to(self.device).eval()
+        self.encoder.requires_grad_(False)
+        self.shape = tuple(self.cfg.geometry.text_shape)
+
+    def encode(self, captions: list[str]) -> np.ndarray:
+        """captions -> float32 [B, L, D]."""
+        tokens = self.tokenizer(captions, padding="max_length", max_length=self.shape[0], truncation=True,
+                                add_special_tokens=True, return_tensors="pt")
+        with torch.inference_mode():
+            out = self.encoder(tokens.input_ids.to(self.device))[0].float().cpu().numpy()
+        if tuple(out.shape[1:]) != self.shape:
+            raise RuntimeError(f"text encoder output {tuple(out.shape[1:])} != config geometry.text_shape "
+                               f"{self.shape}: models.text_encoder does not match geometry.text_dim")
+        return out
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = _ok_rows(batch)
+        out = np.zeros((len(batch["ok"]), *self.shape), np.float32)
+        if len(rows):
+            out[rows] = self.encode([str(batch["caption"][i]) for i in rows])
+        batch["text"] = out
+        return batch

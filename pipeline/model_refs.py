@@ -1,0 +1,98 @@
+"""Where the preprocess models come from, and the hashes recorded in `dataset.json`.
+
+A model ref is a local folder (diffusers layout, with the component in a subfolder), a hub
+id, or `tiny` (materialised by configs.tiny_models). The hash of a component is the sha256
+over its files (relative name and content hash, sorted), so the same weights give the same
+hash wherever they live. Hub ids are hashed from the local hub cache when present; otherwise
+only the hub's revision is recorded (the actors download the weights themselves).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from configs.schema import Config
+
+COMPONENTS = {"vae": "vae", "text_encoder": "text_encoder", "tokenizer": "tokenizer"}  # name -> subfolder
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_sha256(folder: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{folder}: no files to hash")
+    for p in files:
+        h.update(f"{p.relative_to(folder).as_posix()}\0{file_sha256(p)}\n".encode())
+    return h.hexdigest()
+
+
+def _local_component(ref: str, subfolder: str) -> Optional[Path]:
+    """The component folder of a local ref, or of a hub id already in the local hub cache."""
+    p = Path(ref)
+    if p.is_dir():
+        sub = p / subfolder
+        if not sub.is_dir():
+            raise FileNotFoundError(f"{ref}: no `{subfolder}` subfolder (expected a diffusers CogVideoX folder)")
+        return sub
+    try:
+        from huggingface_hub import snapshot_download
+
+        root = snapshot_download(ref, allow_patterns=[f"{subfolder}/*"], local_files_only=True)
+        sub = Path(root) / subfolder
+        return sub if sub.is_dir() else None
+    except Exception:  # not cached, or not a valid repo id: fall back to the revision
+        return None
+
+
+def _hub_revision(ref: str) -> Optional[str]:
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(ref).sha
+    except Exception:  # offline or private: the hash stays unknown
+        return None
+
+
+def model_records(unresolved: Config, resolved: Config) -> dict[str, dict[str, Any]]:
+    """{name: {"source", "sha256", "revision"?}} for vae, text_encoder, tokenizer and teacher.
+
+    `unresolved` gives the sources as written (e.g. `tiny`); `resolved` the paths to hash.
+    """
+    from pipeline.teacher import weights_sha256
+
+    records: dict[str, dict[str, Any]] = {}
+    for name, sub in COMPONENTS.items():
+        ref = getattr(resolved.models, name)
+        local = _local_component(ref, sub)
+        rec: dict[str, Any] = {"source": getattr(unresolved.models, name), "sha256": None}
+        if local is not None:
+            rec["sha256"] = folder_sha256(local)
+        else:
+            rec["revision"] = _hub_revision(ref)
+        records[name] = rec
+    teacher = resolved.models.teacher.checkpoint
+    if not Path(teacher).is_file():
+        raise FileNotFoundError(f"models.teacher.checkpoint={teacher}: file not found")
+    records["teacher"] = {"source": unresolved.models.teacher.checkpoint, "sha256": weights_sha256(teacher)}
+    return records
+
+
+def vae_scaling_factor(resolved: Config) -> float:
+    """`scaling_factor` of the VAE config (1.15258426 for CogVideoX-2B), read without loading weights."""
+    ref = resolved.models.vae
+    local = Path(ref) / "vae" / "config.json"
+    if local.is_file():
+        return float(json.loads(local.read_text())["scaling_factor"])
+    from diffusers import AutoencoderKLCogVideoX
+
+    return float(AutoencoderKLCogVideoX.load_config(ref, subfolder="vae")["scaling_factor"])
