@@ -51,31 +51,44 @@ def plain_tsa(student, teacher, grid, tau, query_index):
     return (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean()
 
 
-def worker(args) -> dict:
-    from tsa_core import mask_to_index, topk_mask, tsa_loss
+def make_inputs(batch, grid, dim, ratio, device):
+    from tsa_core import mask_to_index, topk_mask
 
+    n = grid[0] * grid[1] * grid[2]
+    student = torch.randn(batch, n, dim, device=device, requires_grad=True)
+    teacher = torch.randn(batch, n, dim, device=device)
+    query_index = mask_to_index(topk_mask(torch.rand(batch, *grid, device=device), ratio))
+    return student, teacher, query_index
+
+
+def step(variant, student, teacher, query_index, grid, tau, chunk):
+    from tsa_core import tsa_loss
+
+    if variant == "dense_plain":
+        loss = plain_tsa(student, teacher, grid, tau, None)
+    elif variant == "gather_plain":
+        loss = plain_tsa(student, teacher, grid, tau, query_index)
+    elif variant == "dense":
+        loss = tsa_loss(student, teacher, grid, tau, None, chunk)
+    else:
+        loss = tsa_loss(student, teacher, grid, tau, query_index, chunk)
+    loss.backward()
+    if student.is_cuda:
+        torch.cuda.synchronize()
+
+
+def worker(args) -> dict:
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     grid = tuple(args.grid)
     n = grid[0] * grid[1] * grid[2]
-    student = torch.randn(args.batch, n, args.dim, device=device, requires_grad=True)
-    teacher = torch.randn(args.batch, n, args.dim, device=device)
-    motion = torch.rand(args.batch, *grid, device=device)
-    query_index = mask_to_index(topk_mask(motion, args.ratio))
     cuda = device.type == "cuda"
-
-    def step():
-        if args.variant == "dense_plain":
-            loss = plain_tsa(student, teacher, grid, args.tau, None)
-        elif args.variant == "gather_plain":
-            loss = plain_tsa(student, teacher, grid, args.tau, query_index)
-        elif args.variant == "dense":
-            loss = tsa_loss(student, teacher, grid, args.tau, None, args.chunk)
-        else:
-            loss = tsa_loss(student, teacher, grid, args.tau, query_index, args.chunk)
-        loss.backward()
-        if cuda:
-            torch.cuda.synchronize()
+    # Warm-up at a tiny size: loads kernels' code pages and thread pools, which would
+    # otherwise count as peak memory of whichever variant runs first.
+    step(args.variant, *make_inputs(2, (2, 2, 3), 8, args.ratio, device), (2, 2, 3), args.tau, 4)
+    student, teacher, query_index = make_inputs(args.batch, grid, args.dim, args.ratio, device)
 
     if cuda:
         torch.cuda.synchronize()
@@ -87,7 +100,7 @@ def worker(args) -> dict:
     for _ in range(args.repeats):
         student.grad = None
         t0 = time.perf_counter()
-        step()
+        step(args.variant, student, teacher, query_index, grid, args.tau, args.chunk)
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() if cuda else vm_hwm_bytes()
     return {"variant": args.variant, "extra_peak_bytes": peak - base,
@@ -98,7 +111,7 @@ def worker(args) -> dict:
 def run_variant(args, variant: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", variant, "--batch", str(args.batch),
            "--grid", *map(str, args.grid), "--dim", str(args.dim), "--ratio", str(args.ratio),
-           "--tau", str(args.tau), "--chunk", str(args.chunk), "--repeats", str(args.repeats),
+           "--tau", str(args.tau), "--chunk", str(args.chunk), "--repeats", str(args.repeats), "--threads", str(args.threads),
            "--device", args.device]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -114,6 +127,7 @@ def main() -> None:
     p.add_argument("--tau", type=float, default=0.1)
     p.add_argument("--chunk", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -126,7 +140,7 @@ def main() -> None:
         return
 
     print(f"B={args.batch} grid={tuple(args.grid)} C={args.dim} k={args.ratio} tau={args.tau} "
-          f"chunk={args.chunk} device={args.device} threads={torch.get_num_threads()} "
+          f"chunk={args.chunk} device={args.device} threads={args.threads or torch.get_num_threads()} "
           f"repeats={args.repeats} (median time)")
     results = {v: run_variant(args, v) for v in args.variants}
     for v, r in results.items():
