@@ -16,9 +16,9 @@ inv * g where the norm was clamped (what F.normalize's autograd gives).
 The loss is a scalar, so dL/dx is fully known once P_s and P_t of a chunk are: when the
 student needs a gradient, forward accumulates it in the same pass over the chunks (the
 similarities are computed once, never recomputed), and backward only scales it by the
-incoming gradient. Memory: one [B, N, Cs] gradient buffer (the size of the gradient
-autograd returns anyway) plus a few [chunk, N] temporaries; at backward the buffer and
-its scaled copy exist together for a moment.
+incoming gradient, in place, handing the buffer to autograd. Memory: one [B, N, Cs]
+gradient buffer (the gradient autograd would return anyway) plus a few [chunk, N]
+temporaries.
 """
 from __future__ import annotations
 
@@ -54,9 +54,15 @@ def tempered_log_probs(x: torch.Tensor, inv: torch.Tensor, rows: Rows, frames: i
     return torch.log_softmax(logits.view(logits.shape[0], frames, -1), dim=-1)
 
 
-def kl_terms(log_pt: torch.Tensor, pt: torch.Tensor, log_ps: torch.Tensor) -> torch.Tensor:
-    """Sum of KL(P_t || P_s) over everything, with 0 log 0 = 0."""
-    return torch.where(pt > 0, pt * (log_pt - log_ps), 0.0).sum()
+def kl_sum_(log_pt: torch.Tensor, pt: torch.Tensor, log_ps: torch.Tensor) -> torch.Tensor:
+    """Sum over all rows of KL(P_t || P_s) = sum p_t (log p_t - log p_s); overwrites log_pt.
+
+    0 log 0 = 0 holds without a mask: log_pt comes from log_softmax of logits bounded by
+    1/tau, so it is finite even where p_t underflows to 0, and 0 * finite = 0. The row
+    dot products avoid another [c, N] temporary.
+    """
+    diff = log_pt.sub_(log_ps).view(log_pt.shape[0], -1, 1)
+    return (pt.view(pt.shape[0], 1, -1) @ diff).sum()
 
 
 def normalize_backward_(g: torch.Tensor, x: torch.Tensor, inv: torch.Tensor) -> None:
@@ -83,7 +89,8 @@ def tempered_kl(student: torch.Tensor, teacher: torch.Tensor, query_index: Optio
             log_ps = tempered_log_probs(x, inv, rows, frames, tau)
             log_pt = tempered_log_probs(teacher[i], inv_t[i], rows, frames, tau)
             pt = log_pt.exp()
-            total += kl_terms(log_pt, pt, log_ps)
+            total += kl_sum_(log_pt, pt, log_ps)
+            del log_pt
             if grad is None:
                 continue
             d = log_ps.exp_().sub_(pt).div_(tau * terms).view(-1, n)  # dL/dR_s [c, N]
@@ -104,20 +111,25 @@ class ChunkedTemperedKL(torch.autograd.Function):
 
     forward(student [B, N, Cs], teacher [B, N, Ct] (no grad), query_index [B, M] long or
     None, frames F, tau, chunk, with_grad) -> scalar. The teacher is a fixed target: its
-    gradient is None. First-order only (no double backward).
+    gradient is None. First-order only, and one backward per forward: the gradient buffer
+    is scaled in place and handed over rather than copied, so a second backward through
+    the same loss (retain_graph=True) raises.
     """
 
     @staticmethod
     def forward(ctx, student, teacher, query_index, frames, tau, chunk, with_grad):
-        loss, grad = tempered_kl(student, teacher, query_index, frames, tau, chunk, with_grad)
-        # A saved tensor (not a ctx attribute) is freed by autograd right after backward.
-        ctx.save_for_backward(grad)
+        loss, ctx.grad = tempered_kl(student, teacher, query_index, frames, tau, chunk, with_grad)
+        ctx.handed_over = False
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
-        (grad,) = ctx.saved_tensors
+        if ctx.handed_over:
+            raise RuntimeError("tsa_loss: backward ran twice through the same loss; its gradient is "
+                               "computed in forward and handed over once (compute the loss again "
+                               "instead of using retain_graph=True)")
+        grad, ctx.grad, ctx.handed_over = ctx.grad, None, True
         if grad is None:
             raise RuntimeError("tsa_loss: the student did not require grad at forward time")
-        return grad * grad_out, None, None, None, None, None, None
+        return grad.mul_(grad_out), None, None, None, None, None, None
