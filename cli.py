@@ -38,6 +38,11 @@ def _root(
     """tsa: preprocess clips into shards, train with M-TSA, inspect the cache."""
 
 
+from train.sample import sample_cmd  # noqa: E402
+
+app.command("sample")(sample_cmd)
+
+
 from pipeline.view.command import view as view_cmd  # noqa: E402
 
 app.command("view")(view_cmd)

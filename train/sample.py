@@ -12,6 +12,7 @@ Output folder:
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -21,9 +22,10 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+import typer
 
 from configs.schema import Config, ConfigError, load_config
-from train.prompts import Prompt, read_prompts
+from train.prompts import Prompt, PromptError, read_prompts
 
 PAPER_FRAMES, PAPER_HEIGHT, PAPER_WIDTH = 49, 480, 720
 SAMPLES_FILE = "samples.jsonl"
@@ -129,7 +131,7 @@ def resolve_base(base: Optional[str], run_cfg: Optional[Config], run_dir: Path) 
                           f"pass --base (hub id or CogVideoX pipeline folder)")
     from configs.tiny_models import resolve_tiny
 
-    m = resolve_tiny(run_cfg).models
+    m = resolve_tiny(copy.deepcopy(run_cfg)).models  # the caller's config keeps its `tiny` refs
     refs = BaseRefs(m.student, m.vae, m.text_encoder, m.tokenizer, m.scheduler)
     for name, ref in asdict(refs).items():
         key = "student" if name == "transformer" else name
@@ -285,11 +287,15 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int) -> None:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
-            stream.options = {"crf": "17", "preset": "medium"}  # visually lossless for the evaluators
+            # crf 17: visually lossless for the evaluators. x264's macroblock-tree pass gives
+            # different bytes from run to run in this build; without it the output is reproducible.
+            stream.options = {"crf": "17", "preset": "medium", "x264-params": "mbtree=0"}
         else:
             stream.bit_rate = 16_000_000
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        for i, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts = i
+            container.mux(stream.encode(picture))
         container.mux(stream.encode())
 
 
@@ -329,10 +335,13 @@ def read_samples(out: Path) -> list[dict]:
 
 def _append_record(out: Path, record: dict) -> None:
     path = Path(out) / SAMPLES_FILE
-    needs_newline = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    if path.is_file():
+        data = path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            # Drop the torn tail of a crashed write so that it cannot end up mid-file.
+            with path.open("r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
     with path.open("a", encoding="utf-8") as f:
-        if needs_newline:
-            f.write("\n")
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -457,3 +466,48 @@ def sample(opts: SampleOptions, log: Callable[[str], None] = print) -> SampleSum
         log(f"[{n}/{len(todo)}] {name} ({seconds:.1f} s)")
     _write_eval_csv(out, records)
     return summary
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def sample_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="RUN/checkpoint-N written by `tsa train` "
+                                    "(or the transformer/ folder inside it)."),
+    prompts: Path = typer.Option(..., "--prompts", help="A .txt (one prompt a line) or a .csv prompt set."),
+    out: Path = typer.Option(..., "--out", help="Output folder: mp4s, samples.jsonl, eval.csv."),
+    base: Optional[str] = typer.Option(None, "--base", help="Hub id or CogVideoX pipeline folder for VAE, T5, "
+                                       "tokenizer, scheduler. Default: the models of RUN/config.yaml."),
+    column: Optional[str] = typer.Option(None, "--column", help="CSV column to prompt with "
+                                         "(default: caption, else prompt)."),
+    caption_column: Optional[str] = typer.Option(None, "--caption-column", help="CSV column recorded as the "
+                                                 "caption for the evaluators (default: caption, else prompt)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N prompts."),
+    seed: int = typer.Option(42, "--seed", help="Video v of every prompt starts from noise of seed + v."),
+    num_videos_per_prompt: int = typer.Option(1, "--num-videos-per-prompt"),
+    steps: int = typer.Option(50, "--steps", help="Denoising steps (DPM, trailing spacing)."),
+    guidance: float = typer.Option(6.0, "--guidance", help="Classifier-free guidance scale."),
+    dynamic_cfg: bool = typer.Option(True, "--dynamic-cfg/--no-dynamic-cfg",
+                                     help="CogVideoX's cosine-ramped guidance, as in its inference scripts."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Default 49 (the run's for tiny runs)."),
+    height: Optional[int] = typer.Option(None, "--height", help="Default 480 (the run's for tiny runs)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Default 720 (the run's for tiny runs)."),
+    fps: int = typer.Option(8, "--fps"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 | fp16 | fp32 (default bf16 on CUDA, fp32 on CPU)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Default cuda if available, else cpu."),
+    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="diffusers model CPU offload (needs accelerate)."),
+    vae_slicing: bool = typer.Option(False, "--vae-slicing", help="Decode one video of a batch at a time."),
+    vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode in spatial tiles (less GPU memory)."),
+) -> None:
+    """Generate one mp4 per prompt (and per --num-videos-per-prompt) from a fine-tuned checkpoint."""
+    opts = SampleOptions(
+        checkpoint=checkpoint, prompts=prompts, out=out, base=base, column=column, caption_column=caption_column,
+        limit=limit, seed=seed, num_videos_per_prompt=num_videos_per_prompt, steps=steps, guidance=guidance,
+        dynamic_cfg=dynamic_cfg, frames=frames, height=height, width=width, fps=fps, dtype=dtype, device=device,
+        cpu_offload=cpu_offload, vae_slicing=vae_slicing, vae_tiling=vae_tiling)
+    try:
+        summary = sample(opts, log=typer.echo)
+    except (SampleError, PromptError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{summary.generated} video(s) written, {summary.skipped} already there: "
+               f"{summary.out / SAMPLES_FILE}, {summary.out / EVAL_FILE}")
