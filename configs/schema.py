@@ -180,6 +180,16 @@ class PreprocessConfig:
             raise ConfigError(f"preprocess.teacher_dtype={self.teacher_dtype!r}: expected float16 or int8")
         if self.samples_per_shard < 1:
             raise ConfigError("preprocess.samples_per_shard must be >= 1")
+        if not 0 < self.mask_ratio <= 1:
+            raise ConfigError(f"preprocess.mask_ratio={self.mask_ratio}: must be in (0, 1]")
+        if not 1 <= self.preview_quality <= 100:
+            raise ConfigError(f"preprocess.preview_quality={self.preview_quality}: must be in 1..100")
+        if self.dtype not in {"float32", "bfloat16", "float16"}:
+            raise ConfigError(f"preprocess.dtype={self.dtype!r}: expected float32, bfloat16 or float16")
+        for name in ("decode", "teacher", "vae", "text"):
+            res = getattr(self, name)
+            if res.num_gpus < 0 or res.num_cpus < 0 or res.batch_size < 1 or res.actors < 1:
+                raise ConfigError(f"preprocess.{name}: num_gpus/num_cpus must be >= 0, batch_size and actors >= 1")
 
 
 @dataclass

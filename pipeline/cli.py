@@ -90,10 +90,10 @@ def preprocess(
     try:
         cfg = load_config(config, overrides)
     except ConfigError as e:
-        console.print(f"[red]config error:[/] {e}")
+        console.print(f"[red]config error:[/] {e}", soft_wrap=True)
         raise typer.Exit(2)
     if not src.is_dir():
-        console.print(f"[red]error:[/] --src {src}: not a folder")
+        console.print(f"[red]error:[/] --src {src}: not a folder", soft_wrap=True)
         raise typer.Exit(2)
     _quiet_ray_logs()
 
@@ -117,6 +117,6 @@ def preprocess(
             result = run_preprocess(src, out, cfg, subset=subset, limit=limit, ray_address=ray_address,
                                     overwrite=overwrite, on_start=on_start, on_row=on_row)
     except (OutputMismatch, PreprocessError, SourceError, ConfigError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"[red]error:[/] {e}", soft_wrap=True)
         raise typer.Exit(2)
     print_summary(console, result)
