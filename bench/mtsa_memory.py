@@ -13,6 +13,9 @@ torch.cuda.max_memory_allocated. The student's .grad is part of the extra peak.
 
     python bench/mtsa_memory.py            # paper size: B=4, grid 24x10x15, C=768, k=20%
     python bench/mtsa_memory.py --small    # a quick run
+
+Times: median over rounds of each subprocess's median step, and the fastest step seen;
+memory: median over rounds.
 """
 from __future__ import annotations
 
@@ -138,7 +141,8 @@ def main() -> None:
     p.add_argument("--ratio", type=float, default=0.2)
     p.add_argument("--tau", type=float, default=0.1)
     p.add_argument("--chunk", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per subprocess")
+    p.add_argument("--rounds", type=int, default=3, help="subprocesses per variant, interleaved")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -153,8 +157,18 @@ def main() -> None:
 
     print(f"B={args.batch} grid={tuple(args.grid)} C={args.dim} k={args.ratio} tau={args.tau} "
           f"chunk={args.chunk} device={args.device} threads={args.threads or torch.get_num_threads()} "
-          f"repeats={args.repeats}")
-    results = {v: run_variant(args, v) for v in args.variants}
+          f"repeats={args.repeats} rounds={args.rounds}")
+    # Rounds interleave the variants, so a change in the load of a shared machine hits all.
+    runs = {v: [] for v in args.variants}
+    for _ in range(args.rounds):
+        for v in args.variants:
+            runs[v].append(run_variant(args, v))
+    results = {}
+    for v, rs in runs.items():
+        results[v] = {"extra_peak_bytes": statistics.median(r["extra_peak_bytes"] for r in rs),
+                      "seconds": statistics.median(r["seconds"] for r in rs),
+                      "min_seconds": min(r["min_seconds"] for r in rs),
+                      "queries_per_sample": rs[0]["queries_per_sample"], "tokens": rs[0]["tokens"]}
     for v, r in results.items():
         print(f"{v:>12}: extra peak {r['extra_peak_bytes'] / 2**20:9.1f} MiB   "
               f"time median {r['seconds']:7.3f} s  min {r['min_seconds']:7.3f} s   "
