@@ -31,14 +31,12 @@ def launch(job: TrainJob, workers: int = 1, strategy: str = "ddp", ray_address: 
 
 
 def _ray_worker(config: dict[str, Any]) -> None:
-    import ray.train
     import ray.train.torch
 
     job = TrainJob(**config["job"])
     dist = Dist.from_process_group(ray.train.torch.get_device(), config["strategy"])
-    state = run_training(job, dist)
-    if dist.is_main:
-        ray.train.report({"step": state["step"]})
+    run_training(job, dist)  # no ray.train.report: it is a barrier in Ray Train v2, and the run
+    # folder (checkpoints, metrics.jsonl) is the result
 
 
 def _launch_ray(job: TrainJob, workers: int, strategy: str, ray_address: Optional[str]) -> dict[str, Any]:

@@ -23,12 +23,16 @@ class ModelError(ValueError):
 def load_transformer(ref: str, dtype: torch.dtype = torch.float32):
     """CogVideoXTransformer3DModel from a hub id or a folder: a pipeline folder (subfolder
     `transformer`) or a transformer folder itself (e.g. RUN/checkpoint-N/transformer)."""
+    import importlib.util
+
     from diffusers import CogVideoXTransformer3DModel
 
+    # Without accelerate, diffusers falls back to a full-memory load (and warns about it).
+    kwargs = {"torch_dtype": dtype, "low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
     path = Path(ref)
     if path.is_dir() and (path / "config.json").is_file() and not (path / "model_index.json").is_file():
-        return CogVideoXTransformer3DModel.from_pretrained(path, torch_dtype=dtype)
-    return CogVideoXTransformer3DModel.from_pretrained(ref, subfolder="transformer", torch_dtype=dtype)
+        return CogVideoXTransformer3DModel.from_pretrained(path, **kwargs)
+    return CogVideoXTransformer3DModel.from_pretrained(ref, subfolder="transformer", **kwargs)
 
 
 def check_transformer(transformer, cfg: Config) -> None:

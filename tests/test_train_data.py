@@ -1,0 +1,215 @@
+"""Trainer data: global order, DataLoader workers, exact resume, dequantisation, masks,
+corrupt shards and dataset.json checks, on shards written by the real writer."""
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from configs import ConfigError, load_config
+from pipeline.encode import npy_bytes
+from pipeline.reader import read_marker, read_members, read_sample
+from pipeline.synthetic import make_synthetic_dataset
+from pipeline.writer import ShardWriter
+from train.data import DataPosition, RankLoader
+from train.dataset_check import DatasetMismatch, check_dataset, open_dataset
+from train.shards import DataError
+
+
+def _cfg(*overrides):
+    return load_config("tiny", list(overrides))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """9 input rows (one failed), 4 a shard: shards 0, 1, 2 hold 4 + 3 + 1 samples or so."""
+    return make_synthetic_dataset(tmp_path_factory.mktemp("train_data") / "ds", _cfg(), n=8, n_failed=1, seed=3)
+
+
+def _keys(loader, n):
+    return [loader.next_item()["key"] for _ in range(n)]
+
+
+def _items(loader, n):
+    return [loader.next_item() for _ in range(n)]
+
+
+def test_global_order_does_not_depend_on_the_number_of_workers(shards):
+    info, cfg = open_dataset(shards), _cfg()
+    one = _items(RankLoader(info, cfg, 0, 1), 12)
+    assert [it["index"] for it in one] == list(range(12))
+    r0, r1 = (_items(RankLoader(info, cfg, r, 2), 6) for r in (0, 1))
+    assert [it["index"] for it in r0] == list(range(0, 12, 2))
+    assert [it["key"] for it in r0] == [it["key"] for it in one[0::2]]
+    assert [it["key"] for it in r1] == [it["key"] for it in one[1::2]]
+    for a, b in zip(r1, one[1::2]):
+        assert torch.equal(a["latent"], b["latent"]) and torch.equal(a["teacher"], b["teacher"])
+
+
+def test_each_sample_enters_the_stream_once_per_epoch_in_a_new_shard_order(shards):
+    from collections import Counter
+
+    info = open_dataset(shards)
+    plain = RankLoader(info, _cfg("train.data_streams=1", "train.shuffle_buffer=0"), 0, 1)
+    epochs = [_keys(plain, 8) for _ in range(3)]
+    assert all(sorted(e) == sorted(epochs[0]) for e in epochs) and len(set(epochs[0])) == 8
+    assert len({tuple(e) for e in epochs}) > 1  # shards are visited in a new order each epoch
+    # Behind the 8-reference shuffle buffer, 32 samples out means 40 in: 5 epochs at most.
+    counts = Counter(_keys(RankLoader(info, _cfg("train.data_streams=1"), 0, 1), 32))
+    assert set(counts) == set(epochs[0]) and max(counts.values()) <= 5
+
+
+def test_dataloader_workers_deliver_the_in_process_order(shards):
+    info = open_dataset(shards)
+    cfg = _cfg("train.data_streams=2", "train.num_workers=2")
+    loader = RankLoader(info, cfg, 0, 1)
+    assert loader.workers == 2
+    keys = _keys(loader, 10)
+    loader.close()
+    assert keys == _keys(RankLoader(info, _cfg(), 0, 1), 10)
+
+
+def test_resume_continues_with_the_next_sample_even_on_another_world_size(shards):
+    info, cfg = open_dataset(shards), _cfg()
+    straight = _keys(RankLoader(info, cfg, 0, 1), 16)
+    first = RankLoader(info, cfg, 0, 1)
+    assert _keys(first, 6) == straight[:6]
+    pos = DataPosition.from_dict(DataPosition.merged([first.position()], 6, 0).to_dict())  # as saved
+    assert _keys(RankLoader(info, cfg, 0, 1, start=pos), 10) == straight[6:]
+    assert _keys(RankLoader(info, cfg, 1, 2, start=pos), 5) == straight[7::2]
+    with pytest.raises(ValueError, match="delivered 6 samples but consumed=8"):
+        DataPosition.merged([first.position()], 8, 0)
+
+
+def test_int8_teacher_is_dequantised_with_its_scale(tmp_path, shards):
+    q = make_synthetic_dataset(tmp_path / "int8", _cfg("preprocess.teacher_dtype=int8"), n=8, n_failed=1, seed=3)
+    a = RankLoader(open_dataset(shards), _cfg(), 0, 1).next_item()
+    b = RankLoader(open_dataset(q), _cfg(), 0, 1).next_item()
+    assert a["key"] == b["key"] and b["teacher"].dtype == torch.float32
+    scale = torch.from_numpy(read_sample(q, b["key"], ["teacher_scale.npy"])["teacher_scale.npy"]).float()
+    err = (b["teacher"] - a["teacher"].float()).abs().max(dim=-1).values
+    assert torch.all(err <= scale * 0.51 + 2e-3)  # half a quantisation step (+ float16 storage)
+
+
+def test_mask_comes_from_mask_npy_at_the_preprocess_ratio_else_from_motion(shards):
+    from tsa_core import topk_mask
+
+    info = open_dataset(shards)
+    same = RankLoader(info, _cfg(), 0, 1).next_item()
+    stored = read_sample(shards, same["key"], ["mask.npy", "motion.npy"])
+    assert torch.equal(same["mask"], torch.from_numpy(stored["mask.npy"]))
+    other = RankLoader(info, _cfg("align.ratio=0.5"), 0, 1).next_item()
+    motion = torch.from_numpy(stored["motion.npy"].astype(np.float32))
+    assert torch.equal(other["mask"], topk_mask(motion[None], 0.5)[0])
+    assert int(other["mask"].sum()) == 4 * 12  # 4 frames x round(0.5 * 24)
+
+
+def test_baseline_reads_no_teacher_and_moments_are_delivered(tmp_path):
+    m = make_synthetic_dataset(tmp_path / "moments", _cfg("preprocess.latents=moments"), n=4, seed=1)
+    cfg = _cfg("align.loss=none", "train.data_streams=1")
+    item = RankLoader(open_dataset(m), cfg, 0, 1).next_item()
+    assert {"latent_mean", "latent_logvar", "text"} <= item.keys() and "teacher" not in item and "mask" not in item
+
+
+def _rewrite_shard(root, shard, change):
+    """Rewrite `shard` with the real writer, passing each sample's members through `change`."""
+    marker = read_marker(root, shard)
+    tar = root / "shards" / marker["tar"]
+    samples = {k: read_members(tar, e, decode=False) for k, e in marker["index"].items()}
+    w = ShardWriter(root, shard)
+    for row in marker["rows"]:
+        key = row["key"]
+        w.add({k: v for k, v in row.items() if k != "shard"},
+              change(key, samples[key]) if row["status"] == "ok" else None)
+    w.close()
+
+
+@pytest.fixture
+def broken(tmp_path, shards):
+    root = tmp_path / "ds"
+    shutil.copytree(shards, root)
+    return root
+
+
+def _drain(root, n, *overrides):
+    # No shuffle buffer: epochs end where they end, so 16 samples span at least two of them.
+    cfg = _cfg("train.data_streams=1", "train.shuffle_buffer=0", *overrides)
+    loader = RankLoader(open_dataset(root), cfg, 0, 1)
+    items = _items(loader, n)
+    return items, loader.bad_samples
+
+
+@pytest.fixture
+def victim(shards):
+    """A sample of shard 1."""
+    return sorted(read_marker(shards, 1)["index"])[1]
+
+
+def test_missing_member_stops_naming_shard_and_key(broken, victim):
+    _rewrite_shard(broken, 1, lambda k, m: m if k != victim else {n: b for n, b in m.items() if n != "teacher.npy"})
+    with pytest.raises(DataError, match=rf"shard-000001.tar: sample '{victim}' has no member teacher.npy"):
+        _drain(broken, 16)
+    items, bad = _drain(broken, 16, "train.skip_bad_samples=true")
+    assert bad >= 2 and victim not in {it["key"] for it in items}
+
+
+def test_wrong_shape_stops_naming_shard_key_and_shapes(broken, victim):
+    _rewrite_shard(broken, 1, lambda k, m: {**m, "text.npy": npy_bytes(np.zeros((3, 3), np.float16))}
+                   if k == victim else m)
+    with pytest.raises(DataError, match=rf"shard-000001.tar: sample '{victim}' member text.npy is float16 "
+                                        r"\[3, 3\], dataset.json says float16 \[16, 32\]"):
+        _drain(broken, 16)
+    items, bad = _drain(broken, 16, "train.skip_bad_samples=true")
+    assert bad >= 2 and victim not in {it["key"] for it in items}
+
+
+def test_truncated_tar_stops_naming_shard_and_key(broken):
+    tar = broken / "shards" / "shard-000001.tar"
+    index = read_marker(broken, 1)["index"]
+    last_key = max(index, key=lambda k: max(off for off, _ in index[k].values()))
+    with open(tar, "r+b") as f:
+        f.truncate(index[last_key]["text.npy"][0] + 10)
+    with pytest.raises(DataError, match=rf"shard-000001.tar: sample '{last_key}' member .* shard is truncated"):
+        _drain(broken, 16)
+    items, bad = _drain(broken, 16, "train.skip_bad_samples=true")
+    assert bad >= 2 and last_key not in {it["key"] for it in items}
+
+
+def test_tar_rewritten_behind_its_marker_is_caught(broken):
+    tar = broken / "shards" / "shard-000000.tar"
+    index = read_marker(broken, 0)["index"]
+    key = sorted(index)[0]
+    off = index[key]["teacher.npy"][0]
+    data = bytearray(tar.read_bytes())
+    data[off - 512:off - 412] = b"x" * 100  # the member's tar header no longer names it
+    tar.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"shard-000000.tar: sample '{key}' member teacher.npy: "):
+        _drain(broken, 16)
+
+
+def test_dataset_json_mismatch_names_both_values(shards):
+    info = open_dataset(shards)
+    with pytest.raises(DatasetMismatch, match=r"geometry.latent_shape=\[16, 3, 24, 36\] but the student's latent "
+                                              r"shape .* is \[16, 4, 24, 36\]"):
+        check_dataset(info, _cfg("geometry.num_frames=13"))
+    with pytest.raises(DatasetMismatch, match=r"geometry.text_shape=\[16, 32\] .* is \[20, 32\]"):
+        check_dataset(info, _cfg("geometry.text_length=20"))
+    with pytest.raises(DatasetMismatch, match=r"geometry.teacher_grid=\[4, 4, 6\] but the projector's output "
+                                              r"grid is \[4, 2, 3\]"):
+        check_dataset(info, _cfg(), projector_grid=(4, 2, 3))
+    with pytest.raises(DatasetMismatch, match="teacher_dim=32 but the projector outputs 64 channels"):
+        check_dataset(info, _cfg("models.teacher.dim=64"))
+    check_dataset(info, _cfg("models.teacher.dim=64", "align.loss=none"))  # no teacher needed
+
+
+def test_unusable_folders_and_stream_counts_are_named(tmp_path, shards):
+    with pytest.raises(DatasetMismatch, match="no dataset.json"):
+        open_dataset(tmp_path)
+    assert open_dataset(shards / "shards").root == shards  # the shards/ subfolder is accepted
+    info = open_dataset(shards)
+    with pytest.raises(ConfigError, match="train.data_streams=3 must be a multiple of the number of workers"):
+        RankLoader(info, _cfg("train.data_streams=3"), 0, 2)
+    with pytest.raises(ConfigError, match=r"train.data_streams=4 but .* has only 3 complete shard"):
+        RankLoader(info, _cfg("train.data_streams=4"), 0, 1)
+    with pytest.raises(ConfigError, match="train.global_batch=3 must be a multiple of workers"):
+        RankLoader(info, _cfg("train.global_batch=3"), 0, 2)
