@@ -222,6 +222,23 @@ def test_bf16_inputs_give_fp32_loss_and_bf16_gradient():
     assert g.dtype == torch.bfloat16 and torch.isfinite(g.float()).all()
 
 
+def test_mixed_input_dtypes_compute_in_fp32():
+    """The trainer's case: bf16 projector output against float16 cached teacher features."""
+    grid = (3, 4, 5)
+    student, teacher = make_inputs(grid, cs=16, ct=16, dtype=torch.float32, seed=8)
+    s16 = student.detach().bfloat16().requires_grad_()
+    t16 = teacher.half()
+    qi = random_queries(2, 60, 12)
+    loss = tsa_loss(s16, t16, grid, tau=0.1, query_index=qi, chunk=5)
+    assert loss.dtype == torch.float32
+    ref = ref_tsa(s16.detach().double(), t16.double(), grid, 0.1, qi)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert s16.grad.dtype == torch.bfloat16
+    # float64 only when both are float64: a float64 student with an fp32 teacher is fp32.
+    assert tsa_loss(student.detach().double(), teacher, grid).dtype == torch.float32
+
+
 @pytest.mark.parametrize("tau", [0.03, 1e-3])
 def test_low_temperature_large_logits_stay_finite(tau):
     """Sharp distributions: P_t underflows to exact zeros (0 log 0 = 0), logits up to 1/tau."""

@@ -6,14 +6,14 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from tsa_core.checks import check_grid, check_pair, check_query_index, check_tokens, compute_dtype
+from tsa_core.checks import check_grid, check_pair, check_query_index, check_tokens, compute_pair
 from tsa_core.correspondence import query_rows
 
 
 def repa_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Eq. 2: mean over batch and tokens of -cos(student, teacher); both [B, N, C].
 
-    fp32 (float64 kept) with autocast off; gradients reach both arguments.
+    fp32 (float64 when both are float64) with autocast off; gradients reach both arguments.
     """
     if student.dim() != 3 or student.shape != teacher.shape:
         raise ValueError(f"repa_loss: student {tuple(student.shape)} and teacher "
@@ -21,8 +21,9 @@ def repa_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     if not (student.is_floating_point() and teacher.is_floating_point()):
         raise ValueError("repa_loss: student and teacher must be floating-point tensors")
     with torch.autocast(device_type=student.device.type, enabled=False):
-        es = F.normalize(compute_dtype(student), dim=-1)
-        et = F.normalize(compute_dtype(teacher), dim=-1)
+        student, teacher = compute_pair(student, teacher)
+        es = F.normalize(student, dim=-1)
+        et = F.normalize(teacher, dim=-1)
         return -(es * et).sum(-1).mean()
 
 
@@ -40,8 +41,9 @@ def trd_loss(student: torch.Tensor, teacher: torch.Tensor, grid: Sequence[int], 
     check_pair(student, teacher)
     query_index = check_query_index(query_index, student.shape[0], student.shape[1], student.device)
     with torch.autocast(device_type=student.device.type, enabled=False):
-        es = F.normalize(compute_dtype(student), dim=-1)
-        et = F.normalize(compute_dtype(teacher), dim=-1)
+        student, teacher = compute_pair(student, teacher)
+        es = F.normalize(student, dim=-1)
+        et = F.normalize(teacher, dim=-1)
         rs = query_rows(es, query_index) @ es.transpose(1, 2)  # [B, M, N]
         rt = query_rows(et, query_index) @ et.transpose(1, 2)
         return F.relu((rs - rt).abs() - margin).mean()

@@ -60,7 +60,8 @@ def check_query_index(query_index: Optional[torch.Tensor], batch: int, n: int,
     return query_index.long()
 
 
-def compute_dtype(x: torch.Tensor) -> torch.Tensor:
-    """x in the losses' compute dtype: fp32 for every dtype but float64, which stays float64
-    (reference tests and gradcheck)."""
-    return x if x.dtype == torch.float64 else x.float()
+def compute_pair(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both in the losses' compute dtype: float64 when both are float64 (reference tests),
+    else float32 (bf16 / fp16 inputs are cast). No copy when already there."""
+    dtype = torch.float64 if student.dtype == teacher.dtype == torch.float64 else torch.float32
+    return student.to(dtype), teacher.to(dtype)
