@@ -100,13 +100,10 @@ def start_ray(address: Optional[str]) -> tuple[bool, float]:
     return True, time.perf_counter() - t0
 
 
-def build_dataset(items: list[ClipItem], cfg: Config):
-    """The lazy Ray Dataset of finished rows for `items` (see the module docstring)."""
+def configure_ray_data() -> None:
+    """Rows in input order (the writer relies on it); no Ray Data progress bars (ours is the bar)."""
     import ray
-    from ray.data import ActorPoolStrategy
 
-    from configs.tiny_models import cache_root
-    from pipeline.encoders import TeacherStage, TextStage, VaeStage
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
@@ -114,13 +111,28 @@ def build_dataset(items: list[ClipItem], cfg: Config):
     # Its advice (reserve `memory=` per actor) is a cluster-sizing choice; the config's resources decide.
     ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
 
-    cfg_dict = cfg.to_dict()
-    p = cfg.preprocess
+
+def prepare_dataset(items: list[ClipItem], cfg: Config):
+    """The lazy Ray Dataset of the CPU stage: one row per item (see pipeline/prepare.py)."""
+    import ray
+
+    configure_ray_data()
     rows = [{"index": it.index, "key": it.key, "video": it.video, "path": it.path, "caption": it.caption,
              "status": it.status, "error": it.error, "extras_json": _dumps(it.extras)} for it in items]
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-    ds = ds.map(_prepare_row, fn_kwargs={"cfg_dict": cfg_dict}, num_cpus=p.decode.num_cpus)
-    kwargs = {"cfg_dict": cfg_dict, "cache_dir": str(cache_root())}
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))  # one clip per task
+    return ds.map(_prepare_row, fn_kwargs={"cfg_dict": cfg.to_dict()}, num_cpus=cfg.preprocess.decode.num_cpus)
+
+
+def build_dataset(items: list[ClipItem], cfg: Config):
+    """The lazy Ray Dataset of finished rows for `items` (see the module docstring)."""
+    from ray.data import ActorPoolStrategy
+
+    from configs.tiny_models import cache_root
+    from pipeline.encoders import TeacherStage, TextStage, VaeStage
+
+    ds = prepare_dataset(items, cfg)
+    p = cfg.preprocess
+    kwargs = {"cfg_dict": cfg.to_dict(), "cache_dir": str(cache_root())}
     for stage, res in ((VaeStage, p.vae), (TeacherStage, p.teacher), (TextStage, p.text)):
         ds = ds.map_batches(stage, fn_constructor_kwargs=kwargs, batch_format="numpy", batch_size=res.batch_size,
                             compute=ActorPoolStrategy(size=res.actors), num_gpus=res.num_gpus,
