@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,12 +19,45 @@ from configs.schema import Config
 COMPONENTS = {"vae": "vae", "text_encoder": "text_encoder", "tokenizer": "tokenizer"}  # name -> subfolder
 
 
+_BIG = 64 << 20  # files above this size have their hash cached (T5-XXL is ~10 GB: ~20 s to hash)
+
+
+def _hash_cache_path() -> Path:
+    from configs.tiny_models import cache_root
+
+    return cache_root() / "sha256_cache.json"
+
+
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file; for big files remembered per (path, size, mtime) in $TSA_CACHE, so a
+    resumed run does not hash the weights again."""
+    path = Path(path).resolve()
+    st = path.stat()
+    tag = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    cache_file = _hash_cache_path()
+    cache: dict[str, str] = {}
+    if st.st_size > _BIG and cache_file.is_file():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (json.JSONDecodeError, OSError):
+            cache = {}
+        if tag in cache:
+            return cache[tag]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if st.st_size > _BIG:
+        cache[tag] = digest
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(cache_file.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, sort_keys=True))
+            os.replace(tmp, cache_file)
+        except OSError:  # a read-only cache only costs time
+            pass
+    return digest
 
 
 def folder_sha256(folder: Path) -> str:
@@ -95,4 +129,7 @@ def vae_scaling_factor(resolved: Config) -> float:
         return float(json.loads(local.read_text())["scaling_factor"])
     from diffusers import AutoencoderKLCogVideoX
 
-    return float(AutoencoderKLCogVideoX.load_config(ref, subfolder="vae")["scaling_factor"])
+    try:
+        return float(AutoencoderKLCogVideoX.load_config(ref, subfolder="vae")["scaling_factor"])
+    except Exception as e:  # offline, wrong id, no vae/ subfolder: say which config key
+        raise FileNotFoundError(f"models.vae={ref}: cannot read vae/config.json ({type(e).__name__}: {e})") from None

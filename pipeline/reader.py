@@ -117,20 +117,27 @@ def read_members(tar_path: Path, entry: dict[str, list[int]], names: Optional[li
     return out
 
 
-def _shard_for_key(root: Path, key: str) -> int:
-    info_rows = None
-    if (root / MANIFEST).is_file():
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
+@lru_cache(maxsize=8)
+def _manifest_lookup(path: str, mtime_ns: int) -> dict[str, tuple[str, Optional[str], Optional[int]]]:
+    """key -> (status, error, shard) from manifest.parquet (cached until the file changes)."""
+    del mtime_ns
+    import pyarrow.parquet as pq
 
-        table = pq.read_table(root / MANIFEST, columns=["key", "status", "error", "shard"])
-        hit = table.filter(pc.equal(table["key"], key)).to_pylist()
-        if hit:
-            row = hit[0]
-            if row["status"] != "ok":
-                raise KeyError(f"{key!r} is a {row['status']} clip in {root}: {row['error']}")
-            return int(row["shard"])
-        info_rows = table["key"].to_pylist()
+    t = pq.read_table(path, columns=["key", "status", "error", "shard"]).to_pydict()
+    return {k: (s, e, sh) for k, s, e, sh in zip(t["key"], t["status"], t["error"], t["shard"])}
+
+
+def _shard_for_key(root: Path, key: str) -> int:
+    manifest = root / MANIFEST
+    if manifest.is_file():
+        lookup = _manifest_lookup(str(manifest), manifest.stat().st_mtime_ns)
+        hit = lookup.get(key)
+        if hit is not None:
+            status, error, shard = hit
+            if status != "ok":
+                raise KeyError(f"{key!r} is a {status} clip in {root}: {error}")
+            return int(shard)
+        known = list(lookup)
     else:
         for m in _markers(root):
             if key in m["index"]:
@@ -138,8 +145,8 @@ def _shard_for_key(root: Path, key: str) -> int:
             for r in m["rows"]:
                 if r["key"] == key:
                     raise KeyError(f"{key!r} is a {r['status']} clip in {root}: {r['error']}")
-        info_rows = [k for k, _ in _key_shards(root)]
-    close = difflib.get_close_matches(key, info_rows, n=3)
+        known = [k for k, _ in _key_shards(root)]
+    close = difflib.get_close_matches(key, known, n=3)
     hint = f"; close matches: {', '.join(close)}" if close else ""
     raise KeyError(f"no sample {key!r} in {root}{hint}")
 
