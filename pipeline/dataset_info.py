@@ -17,6 +17,7 @@ from configs.schema import Config
 from pipeline.layout import DATASET_JSON, FORMAT_VERSION, FRAME_RULE, member_specs, preview_layout
 
 RESOURCE_KEYS = ("decode", "teacher", "vae", "text")  # per-stage Ray resources: never change bytes
+PREPROCESS_MODELS = ("vae", "text_encoder", "tokenizer", "teacher")
 
 
 class OutputMismatch(RuntimeError):
@@ -38,8 +39,10 @@ def fingerprinted_config(cfg_dict: dict[str, Any], models: dict[str, dict[str, A
     """The parts of the config (plus weight hashes) that change the output bytes, flattened to
     dotted keys so a mismatch can name them."""
     pre = {k: v for k, v in cfg_dict["preprocess"].items() if k not in RESOURCE_KEYS}
+    # The student and scheduler do not touch the cache: training another student reuses it.
+    models_used = {k: cfg_dict["models"][k] for k in PREPROCESS_MODELS}
     parts = {"format_version": FORMAT_VERSION, "geometry": cfg_dict["geometry"],
-             "models": {k: v for k, v in cfg_dict["models"].items()}, "preprocess": pre,
+             "models": models_used, "preprocess": pre,
              "weights": {name: rec.get("sha256") for name, rec in models.items()}}
     flat: dict[str, Any] = {}
 

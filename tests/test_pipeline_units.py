@@ -114,6 +114,10 @@ def test_rerun_with_other_config_is_refused(tmp_path, tiny_cfg):
     info = build_dataset_info(tiny_cfg, models=models, num_clips=3, inputs_fp="abc", scaling_factor=1.0, source="s")
     prepare_output(tmp_path, info, overwrite=False)
     prepare_output(tmp_path, info, overwrite=False)  # same config: fine
+    tiny_cfg.models.student = "another/student"  # the student does not touch the cache
+    tiny_cfg.preprocess.vae.batch_size = 7  # nor do resources
+    same = build_dataset_info(tiny_cfg, models=models, num_clips=3, inputs_fp="abc", scaling_factor=1.0, source="s")
+    prepare_output(tmp_path, same, overwrite=False)
     tiny_cfg.preprocess.teacher_dtype = "int8"
     other = build_dataset_info(tiny_cfg, models=models, num_clips=3, inputs_fp="abc", scaling_factor=1.0, source="s")
     with pytest.raises(OutputMismatch, match="preprocess.teacher_dtype: 'float16' -> 'int8'"):
