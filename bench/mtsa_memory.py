@@ -23,6 +23,7 @@ import argparse
 import ctypes
 import gc
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -128,7 +129,10 @@ def run_variant(args, variant: str) -> dict:
            "--grid", *map(str, args.grid), "--dim", str(args.dim), "--ratio", str(args.ratio),
            "--tau", str(args.tau), "--chunk", str(args.chunk), "--repeats", str(args.repeats), "--threads", str(args.threads),
            "--device", args.device]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    env = dict(os.environ)
+    if args.malloc_mmap:
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -144,6 +148,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed steps per subprocess")
     p.add_argument("--rounds", type=int, default=3, help="subprocesses per variant, interleaved")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--malloc-mmap", action="store_true",
+                   help="CPU: glibc serves every block over 64 KiB by mmap, so the peak counts "
+                        "tensors and not heap fragmentation")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -157,7 +164,8 @@ def main() -> None:
 
     print(f"B={args.batch} grid={tuple(args.grid)} C={args.dim} k={args.ratio} tau={args.tau} "
           f"chunk={args.chunk} device={args.device} threads={args.threads or torch.get_num_threads()} "
-          f"repeats={args.repeats} rounds={args.rounds}")
+          f"repeats={args.repeats} rounds={args.rounds}"
+          + (" MALLOC_MMAP_THRESHOLD_=65536" if args.malloc_mmap else ""))
     # Rounds interleave the variants, so a change in the load of a shared machine hits all.
     runs = {v: [] for v in args.variants}
     for _ in range(args.rounds):
