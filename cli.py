@@ -53,6 +53,11 @@ from pipeline.cli import preprocess  # noqa: E402
 app.command("preprocess")(preprocess)
 
 
+from train.command import train_command  # noqa: E402
+
+app.command("train")(train_command)
+
+
 def main() -> None:
     app()
 
