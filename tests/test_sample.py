@@ -232,3 +232,14 @@ def test_default_geometry_is_the_paper_s_unless_the_run_is_tiny():
     assert default_geometry(load_config("cogvideox2b_mtsa", ["models.teacher.checkpoint=x.pth"])) == (49, 480, 720)
     tiny = load_config("tiny")
     assert default_geometry(tiny) == (tiny.geometry.num_frames, tiny.geometry.height, tiny.geometry.width)
+
+
+def test_architecture_check_takes_a_pipeline_or_a_transformer_folder_as_base(tiny_run, tmp_path):
+    from train.sample import SampleError, check_architecture
+
+    tdir = tiny_run.ckpt / "transformer"
+    for base in (tiny_run.base, tiny_run.base / "transformer"):  # models.student may name either
+        assert check_architecture(tdir, str(base))["num_layers"] == 2
+    other = _copy_transformer_config(tiny_run, tmp_path / "o", text_embed_dim=64)
+    with pytest.raises(SampleError, match="text_embed_dim: checkpoint 64 vs base 32"):
+        check_architecture(other / "transformer", str(tiny_run.base / "transformer"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib.util
 import json
 import os
 import time
@@ -181,10 +182,7 @@ def check_architecture(transformer_dir: Path, base_transformer: str) -> dict:
     cls = ckpt.get("_class_name")
     if cls != "CogVideoXTransformer3DModel":
         raise SampleError(f"{path}: _class_name is {cls!r}, expected 'CogVideoXTransformer3DModel'")
-    try:
-        base = dict(CogVideoXTransformer3DModel.load_config(base_transformer, subfolder="transformer"))
-    except (OSError, ValueError) as e:
-        raise SampleError(f"cannot read the base transformer config from {base_transformer}: {e}") from None
+    base = _base_transformer_config(base_transformer)
     defaults = _architecture_defaults()
     keys = sorted((set(defaults) | set(ckpt) | set(base)) - _ARCH_IGNORED)
     diffs = []
@@ -196,6 +194,21 @@ def check_architecture(transformer_dir: Path, base_transformer: str) -> dict:
         raise SampleError(f"checkpoint {transformer_dir} is not a fine-tune of the base transformer "
                           f"({base_transformer}); differing config fields: " + "; ".join(diffs))
     return ckpt
+
+
+def _base_transformer_config(ref: str) -> dict:
+    """Config of the base transformer: a pipeline (hub id or folder, subfolder `transformer`) or,
+    as `models.student` may name, a transformer folder itself (e.g. another run's checkpoint)."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    path = Path(ref)
+    own = path / "config.json"
+    try:
+        if path.is_dir() and own.is_file() and not (path / "model_index.json").is_file():
+            return dict(json.loads(own.read_text()))
+        return dict(CogVideoXTransformer3DModel.load_config(ref, subfolder="transformer"))
+    except (OSError, ValueError) as e:
+        raise SampleError(f"cannot read the base transformer config from {ref}: {e}") from None
 
 
 def _norm(v):
@@ -227,10 +240,12 @@ def build_pipeline(refs: BaseRefs, transformer_dir: Path, torch_dtype):
                            CogVideoXTransformer3DModel)
     from transformers import AutoTokenizer, T5EncoderModel
 
+    # Without accelerate, diffusers falls back to a full-memory load (and warns about it).
+    low_mem = importlib.util.find_spec("accelerate") is not None
     transformer = _load("checkpoint transformer", str(transformer_dir), lambda: CogVideoXTransformer3DModel
-                        .from_pretrained(transformer_dir, torch_dtype=torch_dtype))
+                        .from_pretrained(transformer_dir, torch_dtype=torch_dtype, low_cpu_mem_usage=low_mem))
     vae = _load("VAE", refs.vae, lambda: AutoencoderKLCogVideoX.from_pretrained(
-        refs.vae, subfolder="vae", torch_dtype=torch_dtype))
+        refs.vae, subfolder="vae", torch_dtype=torch_dtype, low_cpu_mem_usage=low_mem))
     # `dtype=` is the transformers>=4.56 spelling; .to() covers older versions too.
     text_encoder = _load("text encoder", refs.text_encoder, lambda: T5EncoderModel.from_pretrained(
         refs.text_encoder, subfolder="text_encoder", dtype=torch_dtype).to(torch_dtype))
