@@ -510,7 +510,8 @@ def sample_cmd(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 | fp16 | fp32 (default bf16 on CUDA, fp32 on CPU)."),
     device: Optional[str] = typer.Option(None, "--device", help="Default cuda if available, else cpu."),
     cpu_offload: bool = typer.Option(False, "--cpu-offload", help="diffusers model CPU offload (needs accelerate)."),
-    vae_slicing: bool = typer.Option(False, "--vae-slicing", help="Decode one video of a batch at a time."),
+    vae_slicing: bool = typer.Option(False, "--vae-slicing", help="diffusers' VAE slicing (decodes a batch one video at a time; "
+                                     "tsa sample decodes one video per call, so it changes little)."),
     vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode in spatial tiles (less GPU memory)."),
 ) -> None:
     """Generate one mp4 per prompt (and per --num-videos-per-prompt) from a fine-tuned checkpoint."""
