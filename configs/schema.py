@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import yaml
 
@@ -237,8 +237,10 @@ class Config:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def validate(self) -> "Config":
-        missing = list(_required_left(self, ""))
+    def validate(self, optional: Iterable[str] = ()) -> "Config":
+        """Check every section; keys in `optional` may stay unset (`???`), e.g. the teacher
+        checkpoint, which only `tsa preprocess` reads."""
+        missing = [k for k in _required_left(self, "") if k not in set(optional)]
         if missing:
             raise ConfigError(f"missing required config key(s): {', '.join(missing)}")
         self.geometry.validate()
@@ -362,17 +364,20 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
     node[parts[-1]] = value
 
 
-def config_from_dict(data: dict[str, Any], overrides: Optional[list[str]] = None) -> Config:
+def config_from_dict(data: dict[str, Any], overrides: Optional[list[str]] = None,
+                     optional: Iterable[str] = ()) -> Config:
     data = yaml.safe_load(yaml.safe_dump(data))  # deep copy, plain types
     for o in overrides or []:
         _apply_override(data, o)
-    return _build(Config, data).validate()
+    return _build(Config, data).validate(optional)
 
 
-def load_config(path: str | Path | None = None, overrides: Optional[list[str]] = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: Optional[list[str]] = None,
+                optional: Iterable[str] = ()) -> Config:
     """Read a YAML config (default: the paper defaults) and apply `key=value` overrides.
 
     `path` may be a file or the name of a bundled config (`tiny`, `cogvideox2b_mtsa`).
+    Required keys listed in `optional` may stay unset (a command that never reads them).
     """
     path = resolve_config_path(path)
     try:
@@ -382,7 +387,7 @@ def load_config(path: str | Path | None = None, overrides: Optional[list[str]] =
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        return config_from_dict(data, overrides)
+        return config_from_dict(data, overrides, optional)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 

@@ -46,3 +46,10 @@ def test_invalid_values_name_the_key():
 def test_missing_file_lists_bundled():
     with pytest.raises(ConfigError, match="tiny"):
         load_config("no_such_config")
+
+
+def test_optional_required_key_may_stay_unset():
+    cfg = load_config("cogvideox2b_mtsa", optional=["models.teacher.checkpoint"])
+    assert cfg.models.teacher.checkpoint == "???"
+    with pytest.raises(ConfigError, match="models.teacher.checkpoint"):
+        load_config("cogvideox2b_mtsa", optional=["models.vae"])
