@@ -141,7 +141,8 @@ def resolve_base(base: Optional[str], run_cfg: Optional[Config], run_dir: Path) 
 
 
 def _check_local_ref(ref: str, what: str) -> None:
-    looks_local = ref.startswith(("/", "./", "../", "~")) or os.sep + os.sep in ref
+    # Hub ids are `org/name`; anything else with a path shape is a folder that must exist.
+    looks_local = ref.startswith(("/", ".", "~")) or ref.count("/") > 1
     if looks_local and not Path(ref).expanduser().exists():
         raise SampleError(f"{what}: folder not found: {ref}")
 
@@ -170,8 +171,6 @@ def check_architecture(transformer_dir: Path, base_transformer: str) -> dict:
     Every constructor argument counts (patch size, channels, layers, heads, text dims, positional
     embeddings...), each missing key taking diffusers' default, except dropout.
     """
-    from diffusers import CogVideoXTransformer3DModel
-
     path = Path(transformer_dir) / "config.json"
     try:
         ckpt = json.loads(path.read_text())
