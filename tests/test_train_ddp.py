@@ -9,6 +9,15 @@ from train.launch import launch
 from train.metrics import read_metrics
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """As Ray's workers do (OMP_NUM_THREADS=1): the tiny model gains nothing from threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp"])
 def test_two_ray_workers_match_one_worker(tmp_path, strategy):
