@@ -27,6 +27,9 @@ def launch(job: TrainJob, workers: int = 1, strategy: str = "ddp", ray_address: 
         raise ValueError(f"--workers {workers}: must be >= 1")
     if workers == 1 and ray_address is None:
         return run_training(job, Dist(device=_local_device(), strategy=strategy))
+    from train.dataset_check import check_dataset, open_dataset
+
+    check_dataset(open_dataset(job.shards), job.cfg)  # fail before starting Ray, not in every worker
     return _launch_ray(job, workers, strategy, ray_address)
 
 
@@ -34,7 +37,10 @@ def _ray_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     job = TrainJob(**config["job"])
-    dist = Dist.from_process_group(ray.train.torch.get_device(), config["strategy"])
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives (all_gather_object) use the current device
+    dist = Dist.from_process_group(device, config["strategy"])
     run_training(job, dist)  # no ray.train.report: it is a barrier in Ray Train v2, and the run
     # folder (checkpoints, metrics.jsonl) is the result
 
