@@ -32,8 +32,11 @@ def _cfg(*overrides):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    """9 input rows (one failed), 4 a shard: shards 0, 1, 2 hold 4 + 3 + 1 samples or so."""
-    return make_synthetic_dataset(tmp_path_factory.mktemp("train_data") / "ds", _cfg(), n=8, n_failed=1, seed=3)
+    """9 input rows, 4 a shard; row 8 (shard 2's only row) is the failed one, so shards 0 and 1
+    hold the 8 samples and shard 2 has a marker but no sample."""
+    root = make_synthetic_dataset(tmp_path_factory.mktemp("train_data") / "ds", _cfg(), n=8, n_failed=1, seed=3)
+    assert [read_marker(root, s)["num_samples"] for s in range(3)] == [4, 4, 0]
+    return root
 
 
 def _keys(loader, n):
@@ -212,6 +215,15 @@ def test_dataset_json_mismatch_names_both_values(shards):
     check_dataset(info, _cfg("models.teacher.dim=64", "align.loss=none"))  # no teacher needed
 
 
+def test_shards_without_samples_are_left_out(broken):
+    w = ShardWriter(broken, 3)
+    w.add({"key": "gone", "video": "gone.mp4", "caption": "", "status": "failed", "error": "unreadable"})
+    w.close()
+    assert (broken / "shards" / "shard-000003.json").is_file()
+    assert read_marker(broken, 2)["num_samples"] == 0
+    assert [p[-16:] for p in open_dataset(broken).shards] == ["shard-000000.tar", "shard-000001.tar"]
+
+
 def test_unusable_folders_and_stream_counts_are_named(tmp_path, shards):
     with pytest.raises(DatasetMismatch, match="no dataset.json"):
         open_dataset(tmp_path)
@@ -219,7 +231,7 @@ def test_unusable_folders_and_stream_counts_are_named(tmp_path, shards):
     info = open_dataset(shards)
     with pytest.raises(ConfigError, match="train.data_streams=3 must be a multiple of the number of workers"):
         RankLoader(info, _cfg("train.data_streams=3"), 0, 2)
-    with pytest.raises(ConfigError, match=r"train.data_streams=4 but .* has only 3 complete shard"):
+    with pytest.raises(ConfigError, match=r"train.data_streams=4 but .* has only 2 complete shard\(s\) with samples"):
         RankLoader(info, _cfg("train.data_streams=4"), 0, 1)
     with pytest.raises(ConfigError, match="train.global_batch=3 must be a multiple of workers"):
         RankLoader(info, _cfg("train.global_batch=3"), 0, 2)

@@ -73,7 +73,7 @@ def check_streams(cfg: Config, info: DatasetInfo, world: int) -> int:
                           f"= {world} x {cfg.train.micro_batch}")
     if len(info.shards) < v:
         raise ConfigError(f"train.data_streams={v} but {info.root} has only {len(info.shards)} complete "
-                          f"shard(s); each stream needs at least one (lower train.data_streams, or "
+                          f"shard(s) with samples; each stream needs at least one (lower train.data_streams, or "
                           f"preprocess with a smaller preprocess.samples_per_shard)")
     return v
 

@@ -65,10 +65,13 @@ def open_dataset(path: str | Path) -> DatasetInfo:
     if meta["format_version"] != FORMAT_VERSION:
         raise DatasetMismatch(f"{ds}: format_version={meta['format_version']}, this trainer reads "
                               f"format_version={FORMAT_VERSION}")
-    shards = [str(p) for p in iter_shard_paths(root)]
+    from train.shards import shard_refs
+
+    # A shard whose clips all failed has a marker but no sample; data streams skip it.
+    shards = [str(p) for p in iter_shard_paths(root) if shard_refs(str(p))]
     if not shards:
-        raise DatasetMismatch(f"{root / SHARDS_DIR}: no complete shard (a shard is complete when its "
-                              ".json marker exists)")
+        raise DatasetMismatch(f"{root / SHARDS_DIR}: no complete shard with samples (a shard is complete "
+                              "when its .json marker exists)")
     return DatasetInfo(root=root, meta=meta, shards=shards)
 
 
