@@ -82,8 +82,8 @@ def bench_step(args) -> None:
                 rows.append(t)
         loader.close()
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    print(f"step config={args.config} device={device} threads={torch.get_num_threads()} global_batch={cfg.train.global_batch} "
-          f"micro_batch={cfg.train.micro_batch} steps={len(rows)} (median s/step): "
+    print(f"step config={args.config} device={device} threads={torch.get_num_threads()} "
+          f"global_batch={cfg.train.global_batch} micro_batch={cfg.train.micro_batch} steps={len(rows)} (median s/step): "
           + "  ".join(f"{k} {v:.4f}" for k, v in med.items())
           + f"  -> {cfg.train.global_batch / med['step']:.2f} samples/s, data wait {med['data'] / med['step']:.1%}")
 
