@@ -104,7 +104,7 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
             t_start = time.perf_counter()
             wait = 0.0
             optimizer.zero_grad(set_to_none=True)
-            sums = torch.zeros(3, dtype=torch.float64)
+            sums = torch.zeros(3, dtype=torch.float64, device=dist.device)  # no host sync per micro-batch
             bad: list[str] = []
             for m in range(accum):
                 t_wait = time.perf_counter()
@@ -114,13 +114,13 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
                 with no_grad_sync(model, dist, sync=m == accum - 1):
                     losses = micro_batch_losses(model, batch, ctx)
                     (losses["loss"] / accum).backward()
-                sums += torch.stack([losses[k].detach().double().cpu()
+                sums += torch.stack([losses[k].detach().double()
                                      for k in ("loss", "loss_diffusion", "loss_align")]) / accum
             attempts += 1
-            loss, l_diff, l_align = dist.mean(sums.to(dist.device)).tolist()
+            loss, l_diff, l_align = dist.mean(sums).tolist()
             clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-            reasons = sum(dist.gather(bad), [])  # collective: every rank calls it
+            reasons = sum(dist.gather(bad), []) if cfg.train.skip_bad_samples else []  # collective
             if metrics is not None:
                 for reason in reasons:
                     metrics.message(f"skipped bad sample: {reason}")
