@@ -144,3 +144,22 @@ def test_vae_noise_is_seeded_by_key_and_batch_independent(tiny_cfg):
     swapped = stage({"ok": np.array([True, False]), "key": np.array(["b", "a"]), "frames": frames[::-1].copy()})
     np.testing.assert_array_equal(swapped["latent"][0], one[0])
     assert (swapped["latent"][1] == 0).all()  # a failed row is skipped
+
+
+def test_vae_moments_give_the_stored_sample(tiny_cfg):
+    """latent (sample mode) = (mean + exp(logvar / 2) * eps(key)) * scaling_factor of moments mode."""
+    import torch
+
+    from pipeline.encoders import VaeStage, key_seed
+
+    frames = np.random.default_rng(1).integers(0, 256, (1, 9, 192, 288, 3), dtype=np.uint8)
+    batch = lambda: {"ok": np.array([True]), "key": np.array(["clip_a"]), "frames": frames.copy()}  # noqa: E731
+    sample_stage = VaeStage(tiny_cfg.to_dict())
+    sample = sample_stage(batch())["latent"][0]
+    sample_stage.cfg.preprocess.latents = "moments"  # same weights, other output mode
+    moments = sample_stage(batch())
+    mean, logvar = moments["latent_mean"][0], moments["latent_logvar"][0]
+    assert mean.shape == logvar.shape == (16, 3, 24, 36) and "latent" not in moments
+    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(key_seed("clip_a"))).numpy()
+    expected = (mean + np.exp(0.5 * logvar) * eps) * sample_stage.scaling_factor
+    np.testing.assert_allclose(sample, expected, rtol=1e-5, atol=1e-5)
