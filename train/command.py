@@ -8,23 +8,13 @@ from typing import Optional
 import typer
 import yaml
 
-from configs.schema import REQUIRED, Config, ConfigError, config_from_dict, load_config, resolve_config_path
+from configs.schema import REQUIRED, Config, ConfigError, config_from_dict, load_config
 from train.loop import TrainJob
 
 CONFIG_FILE = "config.yaml"
-TEACHER_IN_SHARDS = "not-used-by-tsa-train"  # the teacher features are in the shards
-
-
-def _teacher_not_needed(base: Optional[str], overrides: list[str]) -> list[str]:
-    """The paper config requires `models.teacher.checkpoint` for preprocessing; training never
-    loads the teacher, so it is not asked for here."""
-    if any(o.split("=", 1)[0].strip() == "models.teacher.checkpoint" for o in overrides):
-        return []
-    data = yaml.safe_load(resolve_config_path(base).read_text()) or {}
-    teacher = ((data.get("models") or {}).get("teacher") or {})
-    if teacher.get("checkpoint", REQUIRED) == REQUIRED:
-        return [f"models.teacher.checkpoint={TEACHER_IN_SHARDS}"]
-    return []
+# Training never loads the teacher (its features are in the shards), so its checkpoint may be
+# unset; the saved config.yaml gets this value so that any reader can load it as is.
+TEACHER_IN_SHARDS = "not-used-by-tsa-train"
 
 
 def prepare_job(shards: Path, out: Path, config: Optional[str], overrides: list[str], *, resume: bool = False,
@@ -56,7 +46,9 @@ def prepare_job(shards: Path, out: Path, config: Optional[str], overrides: list[
         extra.append(f"train.checkpoint_every={checkpoint_every}")
     if skip_bad_samples:
         extra.append("train.skip_bad_samples=true")
-    cfg = load_config(base, extra + _teacher_not_needed(base, extra))
+    cfg = load_config(base, extra, optional=["models.teacher.checkpoint"])
+    if cfg.models.teacher.checkpoint == REQUIRED:
+        cfg.models.teacher.checkpoint = TEACHER_IN_SHARDS
     out.mkdir(parents=True, exist_ok=True)
     tmp = saved.with_name(CONFIG_FILE + ".tmp")
     tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
