@@ -65,9 +65,9 @@ def alignment_loss(align: AlignConfig, projected: Optional[torch.Tensor], teache
     if name == "mtsa":
         if query_index is None:
             raise ValueError("alignment_loss: mtsa needs the motion mask's query_index")
-        return tsa_loss(projected, teacher, grid, tau=align.tau, query_index=query_index)
+        return tsa_loss(projected, teacher, grid, tau=align.tau, query_index=query_index, chunk=align.query_chunk)
     if name == "tsa":
-        return tsa_loss(projected, teacher, grid, tau=align.tau)
+        return tsa_loss(projected, teacher, grid, tau=align.tau, chunk=align.query_chunk)
     if name == "trd":
         return trd_loss(projected, teacher, grid, margin=align.margin)
     if name == "repa":

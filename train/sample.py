@@ -421,7 +421,7 @@ def sample(opts: SampleOptions, log: Callable[[str], None] = print) -> SampleSum
         try:
             import accelerate  # noqa: F401  (diffusers' offload hooks need it)
         except ImportError:
-            raise SampleError("--cpu-offload needs the `accelerate` package: pip install accelerate") from None
+            raise SampleError("--cpu-offload needs the `accelerate` package: pip install 'tsa[offload]' (or pip install accelerate)") from None
 
     settings = {
         "checkpoint": str(transformer_dir), "base": asdict(refs), "steps": opts.steps,
