@@ -24,3 +24,15 @@ def tiny_cfg():
     from configs import load_config
 
     return load_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models are too small to gain from threads, and on a busy 2-core machine torch's
+    2 OpenMP threads make a tiny training step ~50x slower than 1 thread (bench/train_step.py)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -16,14 +16,7 @@ from train.dataset_check import DatasetMismatch, check_dataset, open_dataset
 from train.shards import DataError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tiny model is too small to gain from threads, and on a busy 2-core machine torch's
-    2 OpenMP threads make a tiny step ~50x slower than 1 thread (bench/train_step.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(*overrides):

@@ -15,14 +15,7 @@ from train.launch import launch
 from train.metrics import read_metrics
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tiny model is too small to gain from threads, and on a busy 2-core machine torch's
-    2 OpenMP threads make a tiny step ~50x slower than 1 thread (bench/train_step.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 METRIC_KEYS = {"step", "loss", "loss_diffusion", "loss_align", "lr", "grad_norm", "samples_per_s", "data_wait_frac"}

@@ -8,14 +8,7 @@ from train.model import ModelError, Student, build_student, check_transformer, l
 from train.optim import WarmupConstant, build_lr_scheduler, build_optimizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tiny model is too small to gain from threads, and on a busy 2-core machine torch's
-    2 OpenMP threads make a tiny step ~50x slower than 1 thread (bench/train_step.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
