@@ -313,7 +313,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            hint = " (YAML reads unquoted yes/no/on/off as booleans: quote the value)" \
+                if isinstance(value, bool) else ""
+            raise ConfigError(f"{key}: expected a string, got {value!r}{hint}")
         return value
     return value
 
@@ -349,13 +351,30 @@ def _deep_update(dst: dict, src: dict) -> None:
             dst[k] = v
 
 
+def _override_type(parts: list[str]) -> Any:
+    """The annotation of the Config field at dotted `parts`, or None if there is none."""
+    tp: Any = Config
+    for p in parts:
+        if not dataclasses.is_dataclass(tp):
+            return None
+        tp = _field_types(tp).get(p)
+    return tp
+
+
 def _apply_override(data: dict[str, Any], override: str) -> None:
     if "=" not in override:
         raise ConfigError(f"override {override!r}: expected key=value, e.g. align.tau=0.05")
     key, raw = override.split("=", 1)
     key = key.strip()
-    value = yaml.safe_load(raw) if raw.strip() else ""
     parts = key.split(".")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        value = e
+    if _override_type(parts) is str and not isinstance(value, str):
+        value = raw.strip()  # as typed: YAML reads `no`, `on`, `2024` as other types
+    if isinstance(value, yaml.YAMLError):
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({value})")
     node = data
     for p in parts[:-1]:
         node = node.setdefault(p, {})

@@ -53,3 +53,21 @@ def test_optional_required_key_may_stay_unset():
     assert cfg.models.teacher.checkpoint == "???"
     with pytest.raises(ConfigError, match="models.teacher.checkpoint"):
         load_config("cogvideox2b_mtsa", optional=["models.vae"])
+
+
+def test_string_overrides_keep_what_was_typed():
+    """`-o train.mixed_precision=no` is the documented way to turn bf16 off; YAML alone
+    would read `no` as false and `2024` as an int."""
+    cfg = load_config("tiny", ["train.mixed_precision=no", "models.student=2024", "models.vae=on",
+                               "models.text_encoder='quoted'"], optional=["models.teacher.checkpoint"])
+    assert cfg.train.mixed_precision == "no"
+    assert (cfg.models.student, cfg.models.vae, cfg.models.text_encoder) == ("2024", "on", "quoted")
+    with pytest.raises(ConfigError, match=r"override 'align.tau=\[1': the value is not valid YAML"):
+        load_config("tiny", ["align.tau=[1"])
+
+
+def test_unquoted_yaml_boolean_for_a_string_key_says_to_quote_it(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  mixed_precision: no\n")
+    with pytest.raises(ConfigError, match=r"train.mixed_precision: expected a string, got False .*quote"):
+        load_config(bad)
