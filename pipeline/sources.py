@@ -93,7 +93,7 @@ def _folder_entries(src: Path) -> list[dict[str, Any]]:
         txt = clip.with_suffix(".txt")
         caption, error = None, None
         if txt.is_file():
-            caption = txt.read_text(encoding="utf-8", errors="replace").strip()
+            caption = txt.read_text(encoding="utf-8-sig", errors="replace").strip()
             if not caption:
                 error = f"empty caption file {txt.name}"
         else:
@@ -110,12 +110,12 @@ def read_subset(path: Path) -> set[str]:
     if not path.is_file():
         raise SourceError(f"--subset {path}: file not found")
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel writes a BOM
             reader = csv.DictReader(f)
             if "video" not in (reader.fieldnames or []):
                 raise SourceError(f"--subset {path}: a CSV subset needs a `video` column")
             return {r["video"].strip() for r in reader if r["video"] and r["video"].strip()}
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
     return {s.strip() for s in lines if s.strip() and not s.strip().startswith("#")}
 
 

@@ -71,6 +71,21 @@ def test_list_clips_openvid_layout(clips):
     assert [it.key for it in list_clips(clips, subset=subset)] == ["tiny", "long"]  # CSV order, not subset order
 
 
+def test_byte_order_marks_are_not_part_of_names_or_captions(tmp_path, clips):
+    """Files saved by Excel or Notepad start with a UTF-8 BOM: it must not hide the first
+    subset name, the `video` column of a CSV subset, or end up in a caption."""
+    bom = "\ufeff"
+    (tmp_path / "subset.txt").write_text(bom + "long.mp4\ntiny.mp4\n", encoding="utf-8")
+    assert [it.key for it in list_clips(clips, subset=tmp_path / "subset.txt")] == ["tiny", "long"]
+    (tmp_path / "subset.csv").write_text(bom + "video\nlong.mp4\n", encoding="utf-8")
+    assert [it.key for it in list_clips(clips, subset=tmp_path / "subset.csv")] == ["long"]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "c.mp4").write_bytes((clips / "videos" / "tiny.mp4").read_bytes())
+    (folder / "c.txt").write_text(bom + "a caption\n", encoding="utf-8")
+    assert list_clips(folder)[0].caption == "a caption"
+
+
 def test_list_clips_folder_with_captions_and_duplicates(tmp_path, clips):
     import shutil
 
