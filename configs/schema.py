@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ class Geometry:
         return (self.text_length, self.text_dim)
 
     def validate(self) -> None:
+        if len(self.tubelet) != 3 or min(self.tubelet) < 1:
+            raise ConfigError(f"geometry.tubelet={self.tubelet}: expected three positive sizes [Pt, Ph, Pw]")
         t, h, w = self.teacher_input
         pt, ph, pw = self.tubelet
         checks = [
@@ -146,6 +149,11 @@ class AlignConfig:
             raise ConfigError(f"align.ratio={self.ratio}: must be in (0, 1]")
         if self.layer < 1:
             raise ConfigError(f"align.layer={self.layer}: blocks are 1-indexed")
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ConfigError(f"align.weight={self.weight}: must be a finite number >= 0")
+        if self.query_chunk < 1 or self.projector_hidden < 1:
+            raise ConfigError(f"align.query_chunk={self.query_chunk} and align.projector_hidden="
+                              f"{self.projector_hidden}: must be >= 1")
 
 
 @dataclass
@@ -226,6 +234,14 @@ class TrainConfig:
             raise ConfigError("train.global_batch and train.micro_batch must be >= 1")
         if self.data_streams < 1:
             raise ConfigError(f"train.data_streams={self.data_streams}: must be >= 1")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"train.betas={self.betas}: expected two numbers in [0, 1)")
+        for name in ("warmup_steps", "checkpoint_every", "max_steps", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name}={getattr(self, name)}: must be >= 0")
+        if self.keep_last < 1:
+            raise ConfigError(f"train.keep_last={self.keep_last}: must be >= 1 (the last checkpoint is "
+                              "what --resume continues from)")
 
 
 @dataclass

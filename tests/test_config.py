@@ -71,3 +71,20 @@ def test_unquoted_yaml_boolean_for_a_string_key_says_to_quote_it(tmp_path):
     bad.write_text("train:\n  mixed_precision: no\n")
     with pytest.raises(ConfigError, match=r"train.mixed_precision: expected a string, got False .*quote"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("geometry.tubelet=[2,16]", "geometry.tubelet"),
+    ("align.query_chunk=0", "align.query_chunk"),
+    ("align.projector_hidden=0", "align.projector_hidden"),
+    ("align.weight=-0.5", "align.weight"),
+    ("align.weight=.nan", "align.weight"),
+    ("train.betas=[0.9]", "train.betas"),
+    ("train.warmup_steps=-1", "train.warmup_steps"),
+    ("train.keep_last=0", "train.keep_last"),
+])
+def test_values_that_would_fail_deep_in_training_are_config_errors(override, key):
+    """Each used to pass the loader and fail at step 1 with a bare ValueError/IndexError
+    (or, for projector_hidden=0, train a projector that ignores its input)."""
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config("tiny", [override])
