@@ -61,8 +61,8 @@ def config_fingerprint(cfg_dict: dict[str, Any], models: dict[str, dict[str, Any
     return _sha(fingerprinted_config(cfg_dict, models))[:16]
 
 
-def inputs_fingerprint(items: list[tuple[str, str]]) -> str:
-    """Hash of the ordered (key, video) list: shard assignment depends on it."""
+def inputs_fingerprint(items: list[tuple]) -> str:
+    """Hash of the ordered input list (tuples of JSON values, e.g. key, video, caption)."""
     return _sha(items)[:16]
 
 
@@ -131,4 +131,4 @@ def check_same_output(old: dict[str, Any], new: dict[str, Any], out: Path) -> No
     if old.get("inputs_fingerprint") != new["inputs_fingerprint"]:
         raise OutputMismatch(
             f"{out} holds a preprocess output of a different clip list ({old.get('num_clips')} clips before, "
-            f"{new['num_clips']} now: --src, --subset or --limit changed); use --overwrite or another --out")
+            f"{new['num_clips']} now: --src, --subset, --limit or a caption changed); use --overwrite or another --out")

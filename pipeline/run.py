@@ -230,6 +230,12 @@ def _reason(error: Optional[str]) -> str:
     return text[:120]
 
 
+def clip_list_fingerprint(items: list[ClipItem]) -> str:
+    """The ordered (key, video, caption) list: shard assignment follows the order, and a
+    changed caption would leave old text embeddings in the finished shards."""
+    return inputs_fingerprint([(it.key, it.video, it.caption) for it in items])
+
+
 def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Optional[str | Path] = None,
                    limit: Optional[int] = None, ray_address: Optional[str] = None, overwrite: bool = False,
                    on_start: Optional[Callable[[int, int], None]] = None,
@@ -250,7 +256,7 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
     resolved = resolve_tiny(copy.deepcopy(cfg))
     models = model_records(cfg, resolved)
     info = build_dataset_info(cfg, models=models, num_clips=len(items),
-                              inputs_fp=inputs_fingerprint([(it.key, it.video) for it in items]),
+                              inputs_fp=clip_list_fingerprint(items),
                               scaling_factor=vae_scaling_factor(resolved), source=str(Path(src).resolve()))
     removed = prepare_output(out, info, overwrite)
     sps = cfg.preprocess.samples_per_shard

@@ -148,6 +148,19 @@ def test_rerun_with_other_config_is_refused(tmp_path, tiny_cfg):
     assert (tmp_path / "notes.txt").exists() and not (tmp_path / "shards").exists()  # only our files go
 
 
+def test_changed_caption_changes_the_clip_list_fingerprint(clips):
+    """A rerun after a caption edit must not resume on shards holding the old text embeddings."""
+    import dataclasses
+
+    from pipeline.run import clip_list_fingerprint
+
+    items = list_clips(clips)
+    assert clip_list_fingerprint(items) == clip_list_fingerprint(list_clips(clips))
+    edited = [dataclasses.replace(items[0], caption=items[0].caption + " (edited)"), *items[1:]]
+    assert clip_list_fingerprint(edited) != clip_list_fingerprint(items)
+    assert clip_list_fingerprint(items[:-1]) != clip_list_fingerprint(items)
+
+
 def test_vae_noise_is_seeded_by_key_and_batch_independent(tiny_cfg):
     from pipeline.encoders import VaeStage
 
