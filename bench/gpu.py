@@ -296,28 +296,41 @@ def bench_preprocess(cfg: Config, vae, teacher, t5, device, small: bool) -> dict
 # ----------------------------------------------------------------------------- 4: M-TSA vs dense TSA
 
 def bench_loss(cfg: Config, device, small: bool) -> dict:
+    """dense_plain: plain autograd TSA with [B, N, N] matrices (the "dense TSA" of issue 2 and
+    bench/mtsa_memory.py); dense_tsa / mtsa: tsa_core.tsa_loss without / with query_index."""
+    from bench.mtsa_memory import plain_tsa
     from tsa_core import mask_to_index, topk_mask, tsa_loss
 
-    tf, th, tw = cfg.geometry.teacher_grid
-    n, c, b = tf * th * tw, cfg.models.teacher.dim, (2 if small else 4)
+    grid = tf, th, tw = cfg.geometry.teacher_grid
+    n, c, b, tau = tf * th * tw, cfg.models.teacher.dim, (2 if small else 4), cfg.align.tau
     gen = torch.Generator(device="cpu").manual_seed(0)
     student = torch.randn(b, n, c, generator=gen).to(device).requires_grad_(True)
     teacher = torch.randn(b, n, c, generator=gen).to(device)
     index = mask_to_index(topk_mask(torch.rand(b, tf, th, tw, generator=gen).to(device), cfg.align.ratio))
     out = {"B": b, "N": n, "M": int(index.shape[1]), "C": c}
-    for name, qi in (("dense_tsa", None), ("mtsa", index)):
+    variants = (("dense_plain", lambda: plain_tsa(student, teacher, grid, tau, None)),
+                ("dense_tsa", lambda: tsa_loss(student, teacher, grid, tau=tau)),
+                ("mtsa", lambda: tsa_loss(student, teacher, grid, tau=tau, query_index=index)))
+    for name, loss_fn in variants:
         def run():
             student.grad = None
-            tsa_loss(student, teacher, (tf, th, tw), tau=cfg.align.tau, query_index=qi).backward()
+            loss = loss_fn()
+            loss.backward()
+            return loss
+        student.grad = None  # the last variant's gradient is not part of this one's baseline
         reset_peak(device)
         before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         s = timed(run, device, 0 if small else 1, 1 if small else 5)
         peak = peak_gib(device)
         extra = None if peak is None else peak - before / 2**30
-        out[name] = {"ms": s * 1e3, "extra_peak_gib": extra}
-    out["time_ratio"] = out["mtsa"]["ms"] / out["dense_tsa"]["ms"]
-    if out["mtsa"]["extra_peak_gib"] is not None:
-        out["memory_ratio"] = out["mtsa"]["extra_peak_gib"] / out["dense_tsa"]["extra_peak_gib"]
+        out[name] = {"ms": s * 1e3, "extra_peak_gib": extra, "loss": float(run().detach())}
+    for ref in ("dense_plain", "dense_tsa"):
+        out[f"time_ratio_vs_{ref}"] = out["mtsa"]["ms"] / out[ref]["ms"]
+        if out["mtsa"]["extra_peak_gib"] is not None:
+            out[f"memory_ratio_vs_{ref}"] = out["mtsa"]["extra_peak_gib"] / out[ref]["extra_peak_gib"]
+    out["time_ratio"] = out["time_ratio_vs_dense_plain"]
+    if "memory_ratio_vs_dense_plain" in out:
+        out["memory_ratio"] = out["memory_ratio_vs_dense_plain"]
     return out
 
 
@@ -382,8 +395,9 @@ def summary(r: dict) -> str:
     if "loss" in r:
         x = r["loss"]
         mem = f", memory ratio {x['memory_ratio']:.3f}" if "memory_ratio" in x else ""
-        lines.append(f"loss   dense TSA {x['dense_tsa']['ms']:.1f} ms, M-TSA {x['mtsa']['ms']:.1f} ms "
-                     f"(time ratio {x['time_ratio']:.3f}{mem})")
+        lines.append(f"loss   dense TSA (plain [B, N, N]) {x['dense_plain']['ms']:.1f} ms, dense TSA "
+                     f"(tsa_loss) {x['dense_tsa']['ms']:.1f} ms, M-TSA {x['mtsa']['ms']:.1f} ms "
+                     f"(M-TSA / plain dense: time ratio {x['time_ratio']:.3f}{mem})")
     return "\n".join(lines)
 
 
