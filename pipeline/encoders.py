@@ -74,6 +74,16 @@ class TeacherStage:
         return batch
 
 
+def vae_input(frames: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 [B, T', H, W, 3] -> [B, 3, T', H, W] in [-1, 1], in `dtype` on `device`.
+
+    Scaled in float32 and rounded once: x / 127.5 - 1 computed in bfloat16 rounds twice and
+    doubles the error for half of the pixel values.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
+    return x.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0).to(dtype)
+
+
 class VaeStage:
     """frames uint8 [B, T', H, W, 3] -> latent float16 [B, C, F, h, w] (a posterior sample x
     scaling_factor, noise seeded from the key) or latent_mean + latent_logvar (unscaled)."""
@@ -95,8 +105,7 @@ class VaeStage:
         self.latent_shape = tuple(self.cfg.geometry.latent_shape)
 
     def _encode(self, frames: np.ndarray, keys: list[str]) -> dict[str, np.ndarray]:
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-        x = x.permute(0, 4, 1, 2, 3).to(self.dtype).div_(127.5).sub_(1.0)  # [B, 3, T', H, W] in [-1, 1]
+        x = vae_input(frames, self.device, self.dtype)
         with torch.inference_mode():
             dist = self.vae.encode(x).latent_dist
         mean, logvar = dist.mean.float(), dist.logvar.float()

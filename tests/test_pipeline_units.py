@@ -191,3 +191,30 @@ def test_vae_moments_give_the_stored_sample(tiny_cfg):
     eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(key_seed("clip_a"))).numpy()
     expected = (mean + np.exp(0.5 * logvar) * eps) * sample_stage.scaling_factor
     np.testing.assert_allclose(sample, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_vae_input_in_half_precision_is_rounded_once(tiny_cfg):
+    """On a GPU the VAE runs in bfloat16: its input must be x / 127.5 - 1 rounded once to
+    bfloat16, not computed in bfloat16 (two roundings, twice the error for half the values)."""
+    import torch
+
+    from pipeline.encoders import VaeStage
+
+    class Captured(Exception):
+        pass
+
+    class Spy:
+        def encode(self, x):
+            self.x = x
+            raise Captured
+
+    stage = VaeStage(tiny_cfg.to_dict())
+    stage.dtype, stage.vae = torch.bfloat16, Spy()
+    values = np.arange(256, dtype=np.uint8)
+    frames = np.broadcast_to(np.resize(values, (9, 192, 288))[None, ..., None], (1, 9, 192, 288, 3)).copy()
+    with pytest.raises(Captured):
+        stage({"ok": np.array([True]), "key": np.array(["k"]), "frames": frames})
+    got = stage.vae.x
+    assert got.dtype == torch.bfloat16 and tuple(got.shape) == (1, 3, 9, 192, 288)
+    expected = (torch.from_numpy(frames).permute(0, 4, 1, 2, 3).double() / 127.5 - 1).to(torch.bfloat16)
+    assert torch.equal(got, expected)
