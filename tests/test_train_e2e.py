@@ -153,3 +153,8 @@ def test_run_folder_rules(shards, tmp_path):
     assert code == 1 and "already holds checkpoints: pass --resume" in output
     code, output = _cli("--shards", shards, "--out", out, "--resume", "--config", "tiny")
     assert code == 1 and "--config cannot be combined with --resume" in output
+
+
+def test_zero_workers_is_a_usage_error_not_a_traceback(shards, tmp_path):
+    code, output = _cli("--shards", shards, "--out", tmp_path / "w0", "--config", "tiny", "--workers", 0)
+    assert code == 2 and "--workers" in output and "Traceback" not in output

@@ -67,7 +67,7 @@ def train_command(
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Save every K steps "
                                                    "(and at the end)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
-    workers: int = typer.Option(1, "--workers", help="Ray Train workers (one per GPU); 1 runs in this process."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Ray Train workers (one per GPU); 1 runs in this process."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="ddp or fsdp2 (default: train.strategy)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster (`auto` or host:port); "
                                               "default: a local Ray when --workers > 1."),
