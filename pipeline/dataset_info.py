@@ -116,6 +116,12 @@ def read_dataset_info(out: Path) -> Optional[dict[str, Any]]:
         raise OutputMismatch(f"{path}: not valid JSON ({e}); use --overwrite to start over") from None
 
 
+def _hash_unknown(key: str, a: dict[str, Any], b: dict[str, Any]) -> bool:
+    # A hub model that was not in the local cache yet has no hash (its actors download it);
+    # the rerun after a crash finds it cached and hashes it. The model ids still must match.
+    return key.startswith("weights.") and (a.get(key) is None or b.get(key) is None)
+
+
 def check_same_output(old: dict[str, Any], new: dict[str, Any], out: Path) -> None:
     """Raise OutputMismatch naming the differing keys when a rerun would mix two outputs."""
     if old.get("format_version") != new["format_version"]:
@@ -124,10 +130,11 @@ def check_same_output(old: dict[str, Any], new: dict[str, Any], out: Path) -> No
     if old.get("config_fingerprint") != new["config_fingerprint"]:
         a = fingerprinted_config(old["config"], old.get("models", {}))
         b = fingerprinted_config(new["config"], new["models"])
-        diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:8])
-        raise OutputMismatch(f"{out} holds a preprocess output made with a different config ({shown}); "
-                             f"use --overwrite to start over or choose another --out")
+        diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not _hash_unknown(k, a, b)]
+        if diff:  # none left: only a weight hash that one run could not compute (same model ids)
+            shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:8])
+            raise OutputMismatch(f"{out} holds a preprocess output made with a different config ({shown}); "
+                                 f"use --overwrite to start over or choose another --out")
     if old.get("inputs_fingerprint") != new["inputs_fingerprint"]:
         raise OutputMismatch(
             f"{out} holds a preprocess output of a different clip list ({old.get('num_clips')} clips before, "

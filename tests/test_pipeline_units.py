@@ -218,3 +218,23 @@ def test_vae_input_in_half_precision_is_rounded_once(tiny_cfg):
     assert got.dtype == torch.bfloat16 and tuple(got.shape) == (1, 3, 9, 192, 288)
     expected = (torch.from_numpy(frames).permute(0, 4, 1, 2, 3).double() / 127.5 - 1).to(torch.bfloat16)
     assert torch.equal(got, expected)
+
+
+def test_resume_accepts_a_hub_model_hashed_only_on_the_rerun(tmp_path, tiny_cfg):
+    """A hub model not cached yet has no hash on the first run (its actors download it); the
+    rerun after a crash hashes the now cached files. Same ids: resume. Two known, different
+    hashes, or another clip list: refused."""
+    from pipeline.dataset_info import OutputMismatch, build_dataset_info
+    from pipeline.run import prepare_output
+
+    def info(vae_sha, inputs_fp="abc"):
+        models = {"vae": {"source": "org/model", "sha256": vae_sha}, "teacher": {"source": "t", "sha256": "t1"}}
+        return build_dataset_info(tiny_cfg, models=models, num_clips=3, inputs_fp=inputs_fp, scaling_factor=1.0,
+                                  source="s")
+
+    prepare_output(tmp_path, info(None), overwrite=False)
+    prepare_output(tmp_path, info("aaa"), overwrite=False)
+    with pytest.raises(OutputMismatch, match="weights.vae: 'aaa' -> 'bbb'"):
+        prepare_output(tmp_path, info("bbb"), overwrite=False)
+    with pytest.raises(OutputMismatch, match="different clip list"):
+        prepare_output(tmp_path, info(None, inputs_fp="def"), overwrite=False)
