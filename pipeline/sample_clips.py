@@ -43,9 +43,11 @@ SPECS = [
 
 BROKEN = ["empty", "garbage", "truncated", "text", "missing", "audio_only", "av1_codec"]
 
-_CAPTIONS = ["a {c} ball rolls across a textured wall", "a {c} square slides past a {d} disc",
-             "two shapes, {c} and {d}, cross each other over a patterned floor",
-             "a {c} disc bounces slowly from side to side"]
+# {c} names the disc's colour, {d} the square's (render_clip draws shape 0 as a disc).
+_CAPTIONS = ["a {c} ball rolls across a textured wall while a {d} block drifts by",
+             "a {d} square slides past a {c} disc",
+             "two shapes, a {c} disc and a {d} square, cross each other over a patterned floor",
+             "a {c} disc and a {d} square bounce from side to side"]
 _COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 230), "yellow": (240, 220, 40),
             "magenta": (220, 40, 200), "cyan": (40, 220, 220)}
 
