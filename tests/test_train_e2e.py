@@ -158,3 +158,14 @@ def test_run_folder_rules(shards, tmp_path):
 def test_zero_workers_is_a_usage_error_not_a_traceback(shards, tmp_path):
     code, output = _cli("--shards", shards, "--out", tmp_path / "w0", "--config", "tiny", "--workers", 0)
     assert code == 2 and "--workers" in output and "Traceback" not in output
+
+
+def test_resume_may_change_the_global_batch(shards, tmp_path):
+    """The data order does not depend on the batch size: a resumed run with another
+    train.global_batch continues with the next global samples."""
+    out = tmp_path / "gb"
+    _train(shards, out, "train.max_steps=2")  # global_batch 2: samples 0-3
+    state = _train(shards, out, "train.max_steps=3", "train.global_batch=4", resume=True)
+    assert state["step"] == 3 and state["global_batch"] == 4
+    assert state["data"]["consumed"] == 4 + 4
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]

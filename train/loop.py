@@ -89,17 +89,15 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
     max_steps = cfg.train.max_steps
     metrics = MetricsLog(out, state["step"], max_steps, tensorboard=job.tensorboard, progress=job.progress,
                          log_every=cfg.train.log_every) if dist.is_main else None
-    attempts = state["step"] + state["nonfinite_skipped"]  # global batches drawn so far
+    attempts = 0  # global batches drawn by this run (a resumed run may use another global_batch)
 
     def trainer_state() -> dict[str, Any]:
         parts = dist.gather((loader.position(), loader.bad_samples))
-        consumed = attempts * global_batch
+        consumed = start_consumed + attempts * global_batch
         pos = DataPosition.merged([p for p, _ in parts], consumed, start_bad + sum(b for _, b in parts))
         return {**state, "data": pos.to_dict(), "world_size": dist.world, "global_batch": global_batch}
 
     try:
-        if start_consumed != attempts * global_batch:
-            raise RuntimeError(f"checkpoint consumed {start_consumed} samples, expected {attempts} x {global_batch}")
         while state["step"] < max_steps:
             t_start = time.perf_counter()
             wait = 0.0
