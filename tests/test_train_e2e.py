@@ -169,3 +169,17 @@ def test_resume_may_change_the_global_batch(shards, tmp_path):
     assert state["step"] == 3 and state["global_batch"] == 4
     assert state["data"]["consumed"] == 4 + 4
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+def test_resume_applies_changed_optimizer_settings(shards, tmp_path):
+    """-o on --resume changes lr, projector_lr, weight decay and warm-up (the checkpoint's
+    optimizer and scheduler state used to bring back the old values while config.yaml said
+    otherwise); the step count carries over, so warm-up continues where it was."""
+    out = tmp_path / "lr"
+    _train(shards, out, "train.max_steps=2", "train.warmup_steps=4")  # lr 1e-3 x 1/4, 2/4
+    _train(shards, out, "train.max_steps=4", "train.lr=1e-4", "train.projector_lr=3e-4",
+           "train.weight_decay=0.01", resume=True)
+    assert [r["lr"] for r in read_metrics(out)] == pytest.approx([2.5e-4, 5e-4, 7.5e-5, 1e-4])
+    groups = torch.load(out / "checkpoint-4" / "optimizer.pt", weights_only=True)["param_groups"]
+    assert sorted((g["name"], g["lr"], g["weight_decay"]) for g in groups) == pytest.approx(
+        [("projector", 3e-4, 0.01), ("student", 1e-4, 0.01)])

@@ -17,7 +17,7 @@ from train.distributed import Dist, no_grad_sync, unwrap, wrap
 from train.loss import DiffusionObjective, load_scheduler
 from train.metrics import MetricsLog
 from train.model import build_student, rotary_embedding
-from train.optim import build_lr_scheduler, build_optimizer
+from train.optim import apply_train_config, build_lr_scheduler, build_optimizer
 from train.step import StepContext, micro_batch_losses
 
 
@@ -72,6 +72,7 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
     position: Optional[DataPosition] = None
     if ckpt is not None:
         saved = load_checkpoint(ckpt, model, optimizer, lr_scheduler, dist)
+        apply_train_config(optimizer, lr_scheduler, cfg.train)
         state.update({k: saved[k] for k in state})
         position = DataPosition.from_dict(saved["data"])
         if dist.is_main:

@@ -44,3 +44,20 @@ class WarmupConstant:
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupConstant(train.warmup_steps))
+
+
+def apply_train_config(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                       train: TrainConfig) -> None:
+    """After loading a checkpoint, which restores the saved run's lr, weight decay, betas and
+    warm-up: put the config's values back (a resume may change them with -o) and keep only the
+    checkpoint's step count and AdamW moments."""
+    lrs = {"student": train.lr, "projector": train.projector_lr}
+    scheduler.lr_lambdas = [WarmupConstant(train.warmup_steps) for _ in optimizer.param_groups]
+    scheduler.base_lrs = []
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = lrs[group["name"]]
+        group["weight_decay"] = train.weight_decay
+        group["betas"] = tuple(train.betas)
+        group["lr"] = group["initial_lr"] * factor(scheduler.last_epoch)
+        scheduler.base_lrs.append(group["initial_lr"])
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
