@@ -183,3 +183,12 @@ def test_resume_applies_changed_optimizer_settings(shards, tmp_path):
     groups = torch.load(out / "checkpoint-4" / "optimizer.pt", weights_only=True)["param_groups"]
     assert sorted((g["name"], g["lr"], g["weight_decay"]) for g in groups) == pytest.approx(
         [("projector", 3e-4, 0.01), ("student", 1e-4, 0.01)])
+
+
+def test_resume_drops_a_metrics_line_torn_by_a_crash(tmp_path):
+    from train.metrics import MetricsLog
+
+    lines = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 3, "lo')
+    MetricsLog(tmp_path, start_step=2, total_steps=4, tensorboard=False, progress=False).close()
+    assert read_metrics(tmp_path) == lines

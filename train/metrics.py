@@ -23,6 +23,20 @@ def read_metrics(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _readable_lines(path: Path) -> list[dict[str, Any]]:
+    """The lines of a metrics file that parse; a line torn by a crash mid-write is dropped
+    (its step is trained again after the resume)."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 def _clean(value: Any) -> Any:
     # JSON has no NaN/inf: write them as strings so every line stays valid JSON.
     if isinstance(value, float) and not math.isfinite(value):
@@ -36,7 +50,7 @@ class MetricsLog:
         self.out = Path(out)
         self.total, self.log_every = total_steps, max(1, log_every)
         self.path = self.out / METRICS
-        kept = [r for r in read_metrics(self.out) if int(r.get("step", 0)) <= start_step] if start_step else []
+        kept = [r for r in _readable_lines(self.path) if int(r.get("step", 0)) <= start_step] if start_step else []
         tmp = self.path.with_name(METRICS + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.path)
