@@ -169,6 +169,17 @@ def test_wrong_shape_stops_naming_shard_key_and_shapes(broken, victim):
     assert bad >= 2 and victim not in {it["key"] for it in items}
 
 
+def test_nan_motion_stops_naming_shard_and_key(broken, victim):
+    """With k != the preprocess ratio the mask is derived from motion.npy; NaN there is a
+    corrupt sample like any other (it was a bare ValueError from topk_mask)."""
+    nan = np.full((4, 4, 6), np.nan, np.float16)
+    _rewrite_shard(broken, 1, lambda k, m: {**m, "motion.npy": npy_bytes(nan)} if k == victim else m)
+    with pytest.raises(DataError, match=rf"shard-000001.tar: sample '{victim}': topk_mask: motion contains NaN"):
+        _drain(broken, 16, "align.ratio=0.5")
+    items, bad = _drain(broken, 16, "align.ratio=0.5", "train.skip_bad_samples=true")
+    assert bad >= 2 and victim not in {it["key"] for it in items}
+
+
 def test_truncated_tar_stops_naming_shard_and_key(broken):
     tar = broken / "shards" / "shard-000001.tar"
     index = read_marker(broken, 1)["index"]

@@ -10,6 +10,7 @@ references each stream has used (docs/train.md, "Data order and exact resume").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -129,6 +130,10 @@ class StreamDataset(IterableDataset):
         for ref in refs:
             try:
                 arrays = reader.read(ref, self.names)
+                try:
+                    item = self._example(arrays)
+                except ValueError as e:  # e.g. NaN in motion.npy when the mask is derived from it
+                    raise DataError(f"{Path(ref.shard).name}: sample {ref.key!r}: {e}") from None
             except DataError as e:
                 if not self.skip_bad:
                     raise
@@ -137,7 +142,6 @@ class StreamDataset(IterableDataset):
                 if len(bad) > epoch:
                     raise DataError(f"data stream {v}: no readable sample in a whole epoch; last: {e}") from None
                 continue
-            item = self._example(arrays)
             item.update(index=good * self.num_streams + v, stream=v, ref=i, key=ref.key,
                         shard=ref.shard, bad=bad)
             yield item
