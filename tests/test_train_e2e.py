@@ -192,3 +192,14 @@ def test_resume_drops_a_metrics_line_torn_by_a_crash(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 3, "lo')
     MetricsLog(tmp_path, start_step=2, total_steps=4, tensorboard=False, progress=False).close()
     assert read_metrics(tmp_path) == lines
+
+
+def test_a_failed_resume_leaves_config_yaml_as_it_was(shards, tmp_path):
+    out = tmp_path / "run"
+    _train(shards, out, "train.max_steps=1")
+    before = (out / "config.yaml").read_text()
+    code, output = _cli("--shards", shards, "--out", out, "--resume", "--max-steps", 2, "-o", "train.data_streams=1")
+    assert code == 1 and "train.data_streams=1 but the checkpoint's data position has 2 streams" in output
+    assert (out / "config.yaml").read_text() == before  # the next plain --resume uses the run's config
+    code, output = _cli("--shards", shards, "--out", out, "--resume", "--max-steps", 2)
+    assert code == 0, output

@@ -1,6 +1,7 @@
 """`tsa train`: fine-tune the student from preprocessed shards."""
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Optional
@@ -58,6 +59,24 @@ def prepare_job(shards: Path, out: Path, config: Optional[str], overrides: list[
     return job, cfg
 
 
+@contextlib.contextmanager
+def _config_restored_on_failure(out: Path, resume: bool):
+    """--resume rewrites OUT/config.yaml with the overrides before training; if the run then
+    fails before writing a checkpoint, put the old file back, so that config.yaml still
+    describes the checkpoints and a plain --resume works again."""
+    from train.checkpoint import latest_checkpoint
+
+    saved = Path(out) / CONFIG_FILE
+    previous = saved.read_text() if resume and saved.is_file() else None
+    start = latest_checkpoint(Path(out)) if previous is not None else None
+    try:
+        yield
+    except BaseException:
+        if previous is not None and latest_checkpoint(Path(out)) == start:
+            saved.write_text(previous)
+        raise
+
+
 def train_command(
     shards: Path = typer.Option(..., "--shards", help="Output folder of `tsa preprocess` (holds dataset.json)."),
     out: Path = typer.Option(..., "--out", help="Run folder: config.yaml, checkpoint-N/, metrics.jsonl, tensorboard/."),
@@ -83,11 +102,12 @@ def train_command(
     from train.shards import DataError
 
     try:
-        if strategy is not None:
-            override = [*override, f"train.strategy={strategy}"]
-        job, cfg = prepare_job(shards, out, config, override, resume=resume, max_steps=max_steps,
-                               checkpoint_every=checkpoint_every, skip_bad_samples=skip_bad_samples)
-        state = launch(job, workers=workers, strategy=cfg.train.strategy, ray_address=ray_address)
+        with _config_restored_on_failure(out, resume):
+            if strategy is not None:
+                override = [*override, f"train.strategy={strategy}"]
+            job, cfg = prepare_job(shards, out, config, override, resume=resume, max_steps=max_steps,
+                                   checkpoint_every=checkpoint_every, skip_bad_samples=skip_bad_samples)
+            state = launch(job, workers=workers, strategy=cfg.train.strategy, ray_address=ray_address)
     except (ConfigError, DatasetMismatch, DataError, ModelError, NonFiniteLoss, TrainError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
