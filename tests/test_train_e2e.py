@@ -203,3 +203,14 @@ def test_a_failed_resume_leaves_config_yaml_as_it_was(shards, tmp_path):
     assert (out / "config.yaml").read_text() == before  # the next plain --resume uses the run's config
     code, output = _cli("--shards", shards, "--out", out, "--resume", "--max-steps", 2)
     assert code == 0, output
+
+
+@pytest.mark.parametrize("override, message", [
+    ("align.loss=none", "was saved with a projector, but this config has align.loss=none"),
+    ("align.projector_hidden=32", "projector.safetensors does not fit this config's projector"),
+])
+def test_resume_with_a_config_the_checkpoint_does_not_fit_is_a_clear_error(shards, tmp_path, override, message):
+    out = tmp_path / "run"
+    _train(shards, out, "train.max_steps=1")
+    code, output = _cli("--shards", shards, "--out", out, "--resume", "--max-steps", 2, "-o", override)
+    assert code == 1 and message in output and "Traceback" not in output

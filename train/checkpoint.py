@@ -29,6 +29,11 @@ from torch import nn
 from train.distributed import Dist, unwrap
 
 PREFIX = "checkpoint-"
+
+
+class CheckpointMismatch(ValueError):
+    """The checkpoint to resume from does not fit the run's (changed) config."""
+
 TRANSFORMER_WEIGHTS = "diffusion_pytorch_model{suffix}.safetensors"
 
 
@@ -130,12 +135,19 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer, lr_scheduler, dist:
 
     ckpt = Path(ckpt)
     student = unwrap(model)
+    path = ckpt / "projector.safetensors"
+    if (student.projector is not None) != path.is_file():
+        raise CheckpointMismatch(
+            f"{ckpt} was saved {'without' if student.projector is not None else 'with'} a projector, but this "
+            f"config has align.loss={'none' if student.projector is None else 'an alignment loss'}: resume "
+            "with the run's align.loss")
     if student.projector is not None:
-        path = ckpt / "projector.safetensors"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing (the checkpoint was saved with align.loss=none?)")
         weights = {f"projector.{k}": v for k, v in load_file(str(path)).items()}
-        set_model_state_dict(model, weights, options=_partial_options())
+        try:
+            set_model_state_dict(model, weights, options=_partial_options())
+        except RuntimeError as e:
+            raise CheckpointMismatch(f"{path} does not fit this config's projector (align.projector_hidden, "
+                                     f"models.teacher.dim): {str(e).strip().splitlines()[-1].strip()}") from None
     optim = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True, mmap=True)
     set_optimizer_state_dict(model, optimizer, optim, options=_options())
     lr_scheduler.load_state_dict(torch.load(ckpt / "lr_scheduler.pt", weights_only=True))

@@ -95,6 +95,7 @@ def train_command(
     override: list[str] = typer.Option([], "-o", "--override", help="Config override key=value (repeatable)."),
 ) -> None:
     """Fine-tune CogVideoX with diffusion + alignment loss from preprocessed shards."""
+    from train.checkpoint import CheckpointMismatch
     from train.dataset_check import DatasetMismatch
     from train.launch import TrainError, launch
     from train.loop import NonFiniteLoss
@@ -108,7 +109,8 @@ def train_command(
             job, cfg = prepare_job(shards, out, config, override, resume=resume, max_steps=max_steps,
                                    checkpoint_every=checkpoint_every, skip_bad_samples=skip_bad_samples)
             state = launch(job, workers=workers, strategy=cfg.train.strategy, ray_address=ray_address)
-    except (ConfigError, DatasetMismatch, DataError, ModelError, NonFiniteLoss, TrainError, FileNotFoundError) as e:
+    except (ConfigError, DatasetMismatch, DataError, ModelError, NonFiniteLoss, TrainError, FileNotFoundError,
+            CheckpointMismatch) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
     data = state.get("data", {})
