@@ -212,12 +212,13 @@ def bench_train(cfg: Config, transformer, vae, teacher, device, small: bool) -> 
     results: dict = {"micro_batches": []}
     peak = peak_tflops(device)
     flops_per_sample = None
-    candidates = [1, 2] if small else [1, 2, 3, 4, 6, 8]
+    # Doubling micro-batches keeps the section inside the 8 minutes.
+    candidates = [1, 2] if small else [1, 2, 4, 8]
     for b in candidates:
         reset_peak(device)
         batch = step.batch(b)
         try:
-            seconds = timed(lambda: step(batch), device, warm, iters)
+            seconds = timed(lambda: step(batch), device, warm if b == 1 else min(warm, 1), iters)
         except RuntimeError as err:
             if not is_oom(err):
                 raise
@@ -236,9 +237,16 @@ def bench_train(cfg: Config, transformer, vae, teacher, device, small: bool) -> 
         del batch
     results["tflop_per_sample"] = flops_per_sample / 1e12 if flops_per_sample else None
     ok = [r for r in results["micro_batches"] if not r.get("oom")]
-    results["largest_micro_batch"] = ok[-1]["micro_batch"]
+    results["largest_micro_batch"] = ok[-1]["micro_batch"] if ok else None
+    if not ok:  # not even micro-batch 1 fits: nothing to compare the online step with
+        results["online"] = {"skipped": "micro-batch 1 does not fit"}
+        return results
 
-    # 2. Online teacher (VideoREPA style): VAE encode + VideoMAEv2 inside the step, micro-batch 1.
+    # 2. Online teacher (VideoREPA style): VAE encode + VideoMAEv2 inside the step, micro-batch 1,
+    # with the VAE's memory savers on, as a trainer that encodes 49 x 480 x 720 frames needs them.
+    if device.type == "cuda":
+        vae.enable_slicing()
+        vae.enable_tiling()
     reset_peak(device)
     step.online = (vae, teacher)
     batch = step.batch(1)
@@ -384,7 +392,7 @@ def summary(r: dict) -> str:
             mem = f"  peak {row['peak_gib']:.1f} GiB" if row["peak_gib"] is not None else ""
             lines.append(f"train  micro-batch {row['micro_batch']}: {row['s_per_sample']:.3f} s/sample{mem}{mfu}")
         on = r["train"]["online"]
-        if not on.get("oom"):
+        if "s_per_sample" in on:
             lines.append(f"train  online teacher+VAE: {on['s_per_sample']:.3f} s/sample = "
                          f"{on['ratio_to_cached']:.2f}x the cached step")
     if "preprocess" in r:
