@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import pickle
 from pathlib import Path
 
@@ -137,10 +136,9 @@ def write_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> Path:
     return path
 
 
-def weights_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of the file's bytes, read in chunks (recorded in dataset.json)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
+def weights_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of the file's bytes (recorded in dataset.json); the one streaming hash of
+    pipeline.model_refs, which remembers it for big files so a resumed run does not re-hash."""
+    from pipeline.model_refs import file_sha256
+
+    return file_sha256(Path(path))
