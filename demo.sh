@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo, end to end on a CPU: tiny random-weight models (configs/tiny.yaml) on generated
-# sample clips (and a few broken files): preprocess -> train -> view -> sample.
+# sample clips (and a few broken files): preprocess -> train -> sample -> view.
 # Installs tsa first (CPU torch pin) if it is not installed. Output: demo_out/ (or $DEMO_OUT).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -25,16 +25,18 @@ echo "== 3/5 tsa train"
 rm -rf "$OUT/run"
 tsa train --shards "$OUT/shards" --out "$OUT/run" --config tiny --max-steps 6 --checkpoint-every 3
 
-echo "== 4/5 tsa view"
+echo "== 4/5 tsa sample (2 prompts, 4 denoising steps)"
+rm -rf "$OUT/videos"
+printf 'A ball rolls across a table and hits a glass of water.\nHoney pours slowly into warm milk.\n' > "$OUT/prompts.txt"
+tsa sample --checkpoint "$OUT/run/checkpoint-6" --prompts "$OUT/prompts.txt" --out "$OUT/videos" --steps 4
+
+echo "== 5/5 tsa view (one clip, then the gallery)"
 key=$(python -c "
 from pipeline.reader import open_output
 print(open_output('$OUT/shards').keys[0])")
 tsa view --shards "$OUT/shards" --key "$key" --out "$OUT/clip.png"
 tsa view --shards "$OUT/shards" --out "$OUT/gallery.html"
 
-echo "== 5/5 tsa sample (2 VideoPhy prompts, 4 denoising steps)"
-printf 'A ball rolls across a table and hits a glass of water.\nHoney pours slowly into warm milk.\n' > "$OUT/prompts.txt"
-tsa sample --checkpoint "$OUT/run/checkpoint-6" --prompts "$OUT/prompts.txt" --out "$OUT/videos" --steps 4
-
 echo
-echo "done: clip view $OUT/clip.png, gallery file://$PWD/$OUT/gallery.html, metrics $OUT/run/metrics.jsonl, videos $OUT/videos/"
+echo "done: metrics $OUT/run/metrics.jsonl, videos $OUT/videos/, clip view $OUT/clip.png"
+echo "open the gallery in a browser: file://$PWD/$OUT/gallery.html"
