@@ -26,14 +26,15 @@ def make_clips(root: Path, n: int, width: int, height: int, frames: int, fps: in
     """`n` clips of one size (moving shapes over texture, H.264) and an OpenVid-style CSV."""
     import csv
 
-    from pipeline.sample_clips import ClipSpec, render_clip, write_mp4
+    from pipeline.mp4 import write_mp4
+    from pipeline.sample_clips import ClipSpec, render_clip
 
     (root / "videos").mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
         name = f"clip_{i:04d}.mp4"
         pixels, caption = render_clip(ClipSpec(name, width, height, frames, fps), seed=i)
-        write_mp4(root / "videos" / name, pixels, fps)
+        write_mp4(pixels, root / "videos" / name, fps)
         rows.append({"video": name, "caption": caption})
     with open(root / "clips.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["video", "caption"])

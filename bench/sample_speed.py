@@ -33,7 +33,8 @@ def main() -> None:
 
     from configs import load_config
     from configs.tiny_models import resolve_tiny
-    from train.sample import BaseRefs, SampleOptions, build_pipeline, read_samples, sample, write_mp4
+    from pipeline.mp4 import write_mp4
+    from train.sample import BaseRefs, SampleOptions, build_pipeline, read_samples, sample
 
     try:
         cfg = load_config("tiny")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.mp4 import write_mp4
+
 CSV_NAME = "clips.csv"
 
 
@@ -84,24 +86,6 @@ def render_clip(spec: ClipSpec, seed: int) -> tuple[np.ndarray, str]:
     return frames, caption
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: int, codec: str | None = None) -> Path:
-    """Encode uint8 [T, H, W, 3] frames as H.264 (or MPEG-4 part 2 if the wheel lacks x264)."""
-    import av
-
-    codec = codec or ("libx264" if "libx264" in av.codecs_available else "mpeg4")
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"threads": "1"} if codec == "libx264" else {}
-        for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
 def _write_audio_only(path: Path) -> None:
     """An mp4 with one AAC audio stream and no video: opens fine, has nothing to decode."""
     import av
@@ -139,7 +123,7 @@ def _write_broken(videos: Path, kind: str, good: Path, seed: int) -> str | None:
 
         if "libsvtav1" in av.codecs_available:
             os.environ.setdefault("SVT_LOG", "1")  # errors only: the encoder is chatty
-            write_mp4(path, render_clip(SPECS[2], seed)[0], 10, codec="libsvtav1")
+            write_mp4(render_clip(SPECS[2], seed)[0], path, 10, codec="libsvtav1")
         else:  # this PyAV wheel cannot write AV1: a stream-less file is the closest unreadable input
             _write_audio_only(path)
     else:
@@ -157,12 +141,12 @@ def make_sample_clips(dir: str | Path, n: int = 8, seed: int = 0, broken: bool =
         spec = SPECS[i % len(SPECS)]
         name = f"{spec.name}_{i:03d}.mp4" if n > len(SPECS) or i >= len(SPECS) else f"{spec.name}.mp4"
         frames, caption = render_clip(spec, seed * 1000 + i)
-        write_mp4(videos / name, frames, spec.fps)
+        write_mp4(frames, videos / name, spec.fps)
         rows.append({"video": name, "caption": caption, "aesthetic score": round(4.0 + (i % 7) * 0.25, 2),
                      "motion score": round(float(np.abs(np.diff(frames.astype(np.int16), axis=0)).mean())
                                            if len(frames) > 1 else 0.0, 3)})
     if broken:
-        good = videos / rows[0]["video"] if rows else write_mp4(videos / "_good.mp4", render_clip(SPECS[0], seed)[0], 24)
+        good = videos / rows[0]["video"] if rows else write_mp4(render_clip(SPECS[0], seed)[0], videos / "_good.mp4", 24)
         for j, kind in enumerate(BROKEN):
             name = _write_broken(videos, kind, good, seed + j)
             rows.append({"video": name, "caption": f"a broken input ({kind})", "aesthetic score": 0.0,

@@ -1,12 +1,12 @@
-"""The mp4 writer of `tsa sample`: decodable, right size and rate, reproducible bytes."""
+"""The mp4 writer of `tsa sample` and the sample clips: decodable, right size and rate,
+reproducible bytes."""
 from __future__ import annotations
 
 import av
 import numpy as np
 import pytest
 
-from train import sample as sample_mod
-from train.sample import to_uint8, write_mp4
+from pipeline.mp4 import default_codec, to_uint8, write_mp4
 
 
 def _clip(frames=9, h=64, w=96) -> np.ndarray:
@@ -26,12 +26,11 @@ def _decode(path):
 
 
 @pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
-def test_roundtrip(tmp_path, monkeypatch, codec):
-    if codec == "libx264" and sample_mod._encoder() != "libx264":
+def test_roundtrip(tmp_path, codec):
+    if codec == "libx264" and default_codec() != "libx264":
         pytest.skip("this PyAV build has no libx264")
-    monkeypatch.setattr(sample_mod, "_encoder", lambda: codec)
     clip = _clip()
-    write_mp4(clip, tmp_path / "c.mp4", fps=8)
+    write_mp4(clip, tmp_path / "c.mp4", fps=8, codec=codec)
     name, rate, frames = _decode(tmp_path / "c.mp4")
     assert name == {"libx264": "h264", "mpeg4": "mpeg4"}[codec]
     assert rate == 8.0

@@ -26,6 +26,7 @@ import numpy as np
 import typer
 
 from configs.schema import Config, ConfigError, load_config
+from pipeline.mp4 import to_uint8, write_mp4
 from train.prompts import Prompt, PromptError, read_prompts
 
 PAPER_FRAMES, PAPER_HEIGHT, PAPER_WIDTH = 49, 480, 720
@@ -272,50 +273,6 @@ def _check_geometry(frames: int, height: int, width: int, refs: BaseRefs, arch: 
         if v < step or v % step:
             raise SampleError(f"{name} {v}: must be a positive multiple of {step} "
                               f"(VAE compression {spatial} x patch {arch.get('patch_size', 2)})")
-
-
-# ----------------------------------------------------------------------------- mp4
-
-def _encoder() -> str:
-    import av
-
-    try:
-        av.codec.Codec("libx264", "w")
-        return "libx264"
-    except ValueError:  # av.codec.codec.UnknownCodecError: this FFmpeg build has no x264
-        return "mpeg4"
-
-
-def write_mp4(frames: np.ndarray, path: str | Path, fps: int) -> None:
-    """Write `frames` uint8 [F, H, W, 3] (RGB) as H.264 (or MPEG-4 part 2) yuv420p at `fps`."""
-    import av
-
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"write_mp4: expected uint8 [F, H, W, 3], got {frames.dtype} {list(frames.shape)}")
-    _, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"write_mp4: yuv420p needs even sizes, got {h}x{w}")
-    codec = _encoder()
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        if codec == "libx264":
-            # crf 17: visually lossless for the evaluators. x264's macroblock-tree pass gives
-            # different bytes from run to run in this build; without it the output is reproducible.
-            stream.options = {"crf": "17", "preset": "medium", "x264-params": "mbtree=0"}
-        else:
-            stream.bit_rate = 16_000_000
-        for i, frame in enumerate(frames):
-            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            picture.pts = i
-            container.mux(stream.encode(picture))
-        container.mux(stream.encode())
-
-
-def to_uint8(video: np.ndarray) -> np.ndarray:
-    """[F, H, W, 3] float in [0, 1] -> uint8."""
-    return (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- the samples log
