@@ -57,7 +57,7 @@ def tiny_fingerprint(cfg: Config) -> str:
     g, m = cfg.geometry, cfg.models
     blob = json.dumps(
         {"geometry": vars(g), "tiny_student": vars(m.tiny_student), "teacher": vars(m.teacher) | {"checkpoint": TINY},
-         "seed": m.tiny_seed, "version": 1},
+         "seed": m.tiny_seed, "version": 2},
         sort_keys=True, default=list,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -94,8 +94,10 @@ def build_tiny_pipeline(cfg: Config):
         vocab_size=len(tokenizer), d_model=g.text_dim, d_kv=8, d_ff=2 * g.text_dim, num_layers=2,
         num_heads=4, relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id))
+    # 16 channels from the first block: CPU conv3d with fewer channels falls back to PyTorch's
+    # slow_conv3d instead of oneDNN, which made the 8-channel VAE 2.3x slower to encode.
     vae = AutoencoderKLCogVideoX(
-        block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=c,
+        block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=c,
         temporal_compression_ratio=g.vae_temporal_compression, sample_height=g.height, sample_width=g.width)
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=ts.num_attention_heads, attention_head_dim=ts.attention_head_dim,
