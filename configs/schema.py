@@ -434,6 +434,8 @@ def resolve_config_path(path: str | Path | None) -> Path:
     if path is None:
         return BUNDLED / "cogvideox2b_mtsa.yaml"
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config {path} is a folder; expected a YAML file or a bundled name")
     if p.exists():
         return p
     bundled = BUNDLED / f"{path}.yaml"

@@ -127,6 +127,9 @@ def check_same_output(old: dict[str, Any], new: dict[str, Any], out: Path) -> No
     if old.get("format_version") != new["format_version"]:
         raise OutputMismatch(f"{out} was written with format_version {old.get('format_version')}, this "
                              f"tool writes {new['format_version']}; use --overwrite or another --out")
+    if not isinstance(old.get("config"), dict):
+        raise OutputMismatch(f"{out}/dataset.json has no `config` entry: not a tsa preprocess output; "
+                             f"use --overwrite or another --out")
     if old.get("config_fingerprint") != new["config_fingerprint"]:
         a = fingerprinted_config(old["config"], old.get("models", {}))
         b = fingerprinted_config(new["config"], new["models"])

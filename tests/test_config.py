@@ -88,3 +88,8 @@ def test_values_that_would_fail_deep_in_training_are_config_errors(override, key
     (or, for projector_hidden=0, train a projector that ignores its input)."""
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config("tiny", [override])
+
+
+def test_folder_is_not_a_config(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(tmp_path)

@@ -238,3 +238,16 @@ def test_resume_accepts_a_hub_model_hashed_only_on_the_rerun(tmp_path, tiny_cfg)
         prepare_output(tmp_path, info("bbb"), overwrite=False)
     with pytest.raises(OutputMismatch, match="different clip list"):
         prepare_output(tmp_path, info(None, inputs_fp="def"), overwrite=False)
+
+
+def test_foreign_dataset_json_is_refused_clearly(tmp_path, tiny_cfg):
+    import json
+
+    from pipeline.dataset_info import OutputMismatch, build_dataset_info
+    from pipeline.run import prepare_output
+
+    info = build_dataset_info(tiny_cfg, models={"vae": {"source": "tiny", "sha256": "x"}}, num_clips=3,
+                              inputs_fp="abc", scaling_factor=1.0, source="s")
+    (tmp_path / "dataset.json").write_text(json.dumps({"format_version": info["format_version"], "name": "other"}))
+    with pytest.raises(OutputMismatch, match="no `config` entry: not a tsa preprocess output"):
+        prepare_output(tmp_path, info, overwrite=False)
