@@ -1,7 +1,6 @@
 """`tsa`: the command-line interface. Only commands that work are offered."""
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Optional
 
 import typer
@@ -16,16 +15,11 @@ app = typer.Typer(
 )
 
 
-def _version() -> str:
-    try:
-        return version("tsa")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
 def _print_version(value: bool) -> None:
     if value:
-        typer.echo(f"tsa {_version()}")
+        from pipeline.dataset_info import tool_version
+
+        typer.echo(f"tsa {tool_version()}")
         raise typer.Exit()
 
 
