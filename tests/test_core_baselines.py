@@ -45,14 +45,17 @@ def test_trd_matches_reference(grid, margin, with_queries):
     n = grid[0] * grid[1] * grid[2]
     s, t = inputs(n, 5, 4, seed=n)
     qi = torch.tensor([[0, n - 1, 2], [3, 1, 1]]) if with_queries else None
-    loss = trd_loss(s, t, grid, margin=margin, query_index=qi)
-    ref = ref_trd(s, t, margin, qi)
-    torch.testing.assert_close(loss, ref, rtol=1e-10, atol=1e-12)
-    grads = torch.autograd.grad(loss, (s, t))
-    ref_grads = torch.autograd.grad(ref, (s, t))
-    for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g, r, rtol=1e-9, atol=1e-12)
+    assert_same_value_and_grads(trd_loss(s, t, grid, margin=margin, query_index=qi), ref_trd(s, t, margin, qi),
+                                (s, t), value_tol=(1e-10, 1e-12), grad_tol=(1e-9, 1e-12))
 
+
+
+def assert_same_value_and_grads(loss, ref, inputs, value_tol, grad_tol):
+    """loss == ref and d loss / d inputs == d ref / d inputs, within (rtol, atol) each."""
+    torch.testing.assert_close(loss, ref, rtol=value_tol[0], atol=value_tol[1])
+    grads = torch.autograd.grad(loss, inputs, retain_graph=True)
+    for g, r in zip(grads, torch.autograd.grad(ref, inputs)):
+        torch.testing.assert_close(g, r, rtol=grad_tol[0], atol=grad_tol[1])
 
 def test_trd_margin_hides_small_differences():
     s, _ = inputs(6, 4, 4, seed=1)
@@ -79,13 +82,8 @@ def test_trd_checks_grid():
 
 def test_repa_matches_reference():
     s, t = inputs(7, 5, 5, seed=4)
-    loss = repa_loss(s, t)
-    ref = ref_repa(s, t)
-    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
-    grads = torch.autograd.grad(loss, (s, t))
-    ref_grads = torch.autograd.grad(ref, (s, t))
-    for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-13)
+    assert_same_value_and_grads(repa_loss(s, t), ref_repa(s, t), (s, t),
+                                value_tol=(1e-12, 1e-12), grad_tol=(1e-10, 1e-13))
 
 
 def test_repa_extremes_and_fp32():
