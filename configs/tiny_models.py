@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -57,23 +58,42 @@ def tiny_fingerprint(cfg: Config) -> str:
     g, m = cfg.geometry, cfg.models
     blob = json.dumps(
         {"geometry": vars(g), "tiny_student": vars(m.tiny_student), "teacher": vars(m.teacher) | {"checkpoint": TINY},
-         "seed": m.tiny_seed, "version": 2},
+         "seed": m.tiny_seed, "version": 3},
         sort_keys=True, default=list,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def tiny_vocab() -> list[tuple[str, float]]:
+    """The tiny tokenizer's pieces and log-probabilities, written out rather than trained:
+    `tokenizers`' UnigramTrainer is multi-threaded and gave different pieces on two machines
+    (one token id apart), so text embeddings differed between caches. Specials first (T5 ids:
+    pad 0, eos 1, unk 2), then every corpus word with its word-start marker, then single
+    characters, each scored by how often it occurs."""
+    words: dict[str, int] = {}
+    chars: dict[str, int] = {}
+    for line in _TOKENIZER_CORPUS:
+        for word in line.split():
+            words["\u2581" + word] = words.get("\u2581" + word, 0) + 1
+            for ch in word:
+                chars[ch] = chars.get(ch, 0) + 1
+    chars["\u2581"] = sum(words.values())
+    total = sum(words.values()) + sum(chars.values())
+    pieces = sorted(words.items()) + sorted(chars.items())
+    return ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+            + [(piece, round(math.log(n / total), 6)) for piece, n in pieces])
+
+
 def build_tiny_tokenizer():
-    """A T5-style unigram tokenizer trained in-process (pad=0, eos=1, unk=2 as in T5)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A T5-style unigram tokenizer from the fixed vocabulary above (pad=0, eos=1, unk=2 as in
+    T5): the same token ids on every machine and every run."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import T5TokenizerFast
 
-    tok = Tokenizer(models.Unigram())
+    tok = Tokenizer(models.Unigram(tiny_vocab(), unk_id=2))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=200, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
-    tok.train_from_iterator(_TOKENIZER_CORPUS, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
     return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",

@@ -151,8 +151,9 @@ def test_run_folder_rules(shards, tmp_path):
     _train(shards, out, "train.max_steps=1")
     code, output = _cli("--shards", shards, "--out", out, "--config", "tiny")
     assert code == 1 and "already holds checkpoints: pass --resume" in output
+    # The run was trained with -o train.max_steps=1: plain tiny differs from its config.yaml there.
     code, output = _cli("--shards", shards, "--out", out, "--resume", "--config", "tiny")
-    assert code == 1 and "--config cannot be combined with --resume" in output
+    assert code == 1 and "differs from the run's" in output and "train.max_steps: 20 != 1" in output
 
 
 def test_zero_workers_is_a_usage_error_not_a_traceback(shards, tmp_path):

@@ -3,14 +3,21 @@
     transformer/              diffusers format (config.json + safetensors): loads with
                               CogVideoXTransformer3DModel.from_pretrained, drops into CogVideoXPipeline
     projector.safetensors     the projector's weights
-    optimizer.pt              AdamW state keyed by parameter name (torch.save of tensors and numbers)
+    optimizer.pt              AdamW state keyed by parameter name (torch.save of tensors and numbers),
+                              written by rank 0: one worker, or DDP (every rank holds the same state)
+    optimizer/                FSDP2 instead: each rank writes its own shard of the AdamW moments
+                              (torch.distributed.checkpoint, safetensors files) and rank 0 the param
+                              groups (param_groups.json); nothing is gathered, and a resume on another
+                              number of workers (or on DDP, or one worker) reshards on load
     lr_scheduler.pt           the LambdaLR state
-    rng-rank{r}.pt            torch / CUDA / numpy / python RNG states of each rank
+    rng-rank{r}.pt            torch / CUDA / numpy / python RNG states of each rank (gathered to rank 0,
+                              which writes them all)
     trainer_state.json        step, data position, counters, world size
 
 A checkpoint is written into `.tmp-checkpoint-{step}` and renamed when complete, so a
-folder named `checkpoint-*` is always whole; only the last `keep_last` are kept.
-Everything is read back with safetensors or torch.load(weights_only=True).
+folder named `checkpoint-*` is always whole; only the last `keep_last` are kept. Rank 0
+writes everything but the FSDP2 optimizer shards, which each rank writes into a folder it
+creates itself. Everything is read back with safetensors, JSON or torch.load(weights_only=True).
 """
 from __future__ import annotations
 
@@ -35,6 +42,9 @@ class CheckpointMismatch(ValueError):
     """The checkpoint to resume from does not fit the run's (changed) config."""
 
 TRANSFORMER_WEIGHTS = "diffusion_pytorch_model{suffix}.safetensors"
+FULL_OPTIMIZER = "optimizer.pt"
+SHARDED_OPTIMIZER = "optimizer"
+PARAM_GROUPS = "param_groups.json"
 
 
 def _options():
@@ -94,7 +104,12 @@ def save_checkpoint(out: Path, step: int, model: nn.Module, optimizer, lr_schedu
         tmp.mkdir(parents=True)
     dist.barrier()
     weights = get_model_state_dict(model, options=_options())  # full tensors on CPU, rank 0 in FSDP
-    optim = get_optimizer_state_dict(model, optimizer, options=_options())
+    sharded = dist.active and dist.strategy == "fsdp2"
+    if sharded:
+        _save_sharded_optimizer(tmp / SHARDED_OPTIMIZER, model, optimizer, dist)
+    else:
+        optim = get_optimizer_state_dict(model, optimizer, options=_options())
+    rngs = dist.gather(rng_state())
     if dist.is_main:
         student = unwrap(model)
         transformer = {k[len("transformer."):]: v for k, v in weights.items() if k.startswith("transformer.")}
@@ -105,9 +120,11 @@ def save_checkpoint(out: Path, step: int, model: nn.Module, optimizer, lr_schedu
                               max_shard_size="10GB")
         if projector:
             save_file(projector, str(tmp / "projector.safetensors"))
-        torch.save(optim, tmp / "optimizer.pt")
+        if not sharded:
+            torch.save(optim, tmp / FULL_OPTIMIZER)
         torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
-    torch.save(rng_state(), tmp / f"rng-rank{dist.rank}.pt")
+        for rank, state in enumerate(rngs):
+            torch.save(state, tmp / f"rng-rank{rank}.pt")
     dist.barrier()
     if dist.is_main:
         with open(tmp / "trainer_state.json", "w") as f:
@@ -148,8 +165,14 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer, lr_scheduler, dist:
         except RuntimeError as e:
             raise CheckpointMismatch(f"{path} does not fit this config's projector (align.projector_hidden, "
                                      f"models.teacher.dim): {str(e).strip().splitlines()[-1].strip()}") from None
-    optim = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True, mmap=True)
-    set_optimizer_state_dict(model, optimizer, optim, options=_options())
+    if (ckpt / FULL_OPTIMIZER).is_file():
+        optim = torch.load(ckpt / FULL_OPTIMIZER, map_location="cpu", weights_only=True, mmap=True)
+        set_optimizer_state_dict(model, optimizer, optim, options=_options())
+    elif (ckpt / SHARDED_OPTIMIZER).is_dir():
+        _load_sharded_optimizer(ckpt / SHARDED_OPTIMIZER, model, optimizer, dist)
+    else:
+        raise CheckpointMismatch(f"{ckpt} has neither {FULL_OPTIMIZER} nor {SHARDED_OPTIMIZER}/: not a complete "
+                                 "tsa checkpoint")
     lr_scheduler.load_state_dict(torch.load(ckpt / "lr_scheduler.pt", weights_only=True))
     rng = ckpt / f"rng-rank{dist.rank}.pt"
     if rng.is_file():  # absent when resuming on more ranks than saved
@@ -161,3 +184,38 @@ def _partial_options():
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     return StateDictOptions(full_state_dict=True, strict=False)
+
+
+def _save_sharded_optimizer(folder: Path, model: nn.Module, optimizer, dist: Dist) -> None:
+    """Collective. Every rank writes the AdamW moments of its own parameter shards (FSDP2
+    DTensors) as safetensors; rank 0 writes the param groups as JSON."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    osd = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=False))
+    folder.mkdir(parents=True, exist_ok=True)  # each rank: the folder is there for it on any node
+    dcp.save({"state": osd["state"]}, storage_writer=HuggingFaceStorageWriter(str(folder), save_distributed=True))
+    if dist.is_main:
+        (folder / PARAM_GROUPS).write_text(json.dumps(osd["param_groups"], indent=1))
+
+
+def _load_sharded_optimizer(folder: Path, model: nn.Module, optimizer, dist: Dist) -> None:
+    """Collective. Reads the moments into this run's layout (any number of workers, sharded or
+    not): torch.distributed.checkpoint reshards from the saved offsets."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict,
+                                                         set_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=False)
+    osd = get_optimizer_state_dict(model, optimizer, options=options)  # the state to fill, in this layout
+    state = osd["state"]
+    dcp.load({"state": state}, storage_reader=HuggingFaceStorageReader(str(folder)), no_dist=not dist.active)
+    for entry in state.values():  # safetensors keeps a 0-d `step` as [1]; AdamW expects 0-d
+        if isinstance(entry.get("step"), torch.Tensor) and entry["step"].dim() != 0:
+            entry["step"] = entry["step"].reshape(())
+    groups = json.loads((folder / PARAM_GROUPS).read_text())
+    for group in groups:
+        group["betas"] = tuple(group["betas"])
+    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=options)

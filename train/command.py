@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 import yaml
 
-from configs.schema import REQUIRED, Config, ConfigError, config_from_dict, load_config
+from configs.schema import REQUIRED, Config, ConfigError, load_config
 from train.loop import TrainJob
 
 CONFIG_FILE = "config.yaml"
@@ -18,28 +18,80 @@ CONFIG_FILE = "config.yaml"
 TEACHER_IN_SHARDS = "not-used-by-tsa-train"
 
 
-def prepare_job(shards: Path, out: Path, config: Optional[str], overrides: list[str], *, resume: bool = False,
-                max_steps: Optional[int] = None, checkpoint_every: Optional[int] = None,
+MODEL_REFS = ("student", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def is_url(ref: str) -> bool:
+    """`s3://bucket/x`, `gs://...`: object-storage locations, never resolved against the cwd."""
+    return "://" in str(ref)
+
+
+def absolute_path(ref: str | Path) -> str:
+    """A user path as every worker must see it: local paths absolute (Ray Train runs each worker
+    in a folder of its own, so a relative path would name another place there); URLs as given."""
+    return str(ref) if is_url(str(ref)) else str(Path(ref).expanduser().resolve())
+
+
+def absolute_model_refs(cfg: Config) -> Config:
+    """Model refs that name an existing local file or folder become absolute paths (in place);
+    hub ids, `tiny` and URLs stay as written."""
+    m = cfg.models
+    for name in MODEL_REFS:
+        ref = getattr(m, name)
+        if not is_url(ref) and Path(ref).expanduser().exists():
+            setattr(m, name, absolute_path(ref))
+    ckpt = m.teacher.checkpoint
+    if not is_url(ckpt) and Path(ckpt).expanduser().exists():
+        m.teacher.checkpoint = absolute_path(ckpt)
+    return cfg
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(a: Config, b: Config) -> list[str]:
+    """Dotted keys whose values differ, as `key: a_value != b_value`."""
+    fa, fb = _flat(a.to_dict()), _flat(b.to_dict())
+    return [f"{k}: {fa.get(k)!r} != {fb.get(k)!r}" for k in sorted(fa.keys() | fb.keys()) if fa.get(k) != fb.get(k)]
+
+
+def _load_train_config(base: Optional[str], overrides: list[str]) -> Config:
+    cfg = load_config(base, overrides, optional=["models.teacher.checkpoint"])
+    if cfg.models.teacher.checkpoint == REQUIRED:
+        cfg.models.teacher.checkpoint = TEACHER_IN_SHARDS
+    return absolute_model_refs(cfg)
+
+
+def _check_same_config(config: str, saved: Path, overrides: list[str]) -> None:
+    """`--config X --resume` (a requeued job reruns its command): X must be the run's config,
+    apart from the keys the command's own -o options set."""
+    given = _load_train_config(config, overrides)
+    run = _load_train_config(str(saved), overrides)
+    changed = {o.split("=", 1)[0].strip() for o in overrides}
+    diff = [d for d in config_differences(given, run) if d.split(":", 1)[0] not in changed]
+    if diff:
+        raise ConfigError(f"--config {config} differs from the run's {saved} in {len(diff)} key(s): "
+                          + "; ".join(diff[:12]) + (" ..." if len(diff) > 12 else "")
+                          + ". Resume without --config (the run's config is used), or change keys with -o key=value")
+
+
+def prepare_job(shards: Path | str, out: Path | str, config: Optional[str], overrides: list[str], *,
+                resume: bool = False, max_steps: Optional[int] = None, checkpoint_every: Optional[int] = None,
                 skip_bad_samples: bool = False) -> tuple[TrainJob, Config]:
-    """The run's config (written to OUT/config.yaml with model refs as given, e.g. `tiny`)
-    and the job with model refs resolved to loadable paths."""
-    from configs.tiny_models import resolve_tiny
+    """The run's config (written to OUT/config.yaml with model refs as given, e.g. `tiny`, and
+    local model paths made absolute) and the job, whose paths are absolute so that every worker
+    sees the same places whatever its working folder."""
     from train.checkpoint import latest_checkpoint
 
-    out = Path(out)
+    out = Path(absolute_path(out))
     saved = out / CONFIG_FILE
-    if resume:
-        if config is not None:
-            raise ConfigError(f"--config cannot be combined with --resume: the run's config is {saved}; "
-                              "change single keys with -o key=value")
-        if not saved.is_file():
-            raise ConfigError(f"--resume: {saved} not found (is {out} a tsa train output?)")
-        base: Optional[str] = str(saved)
-    else:
-        if latest_checkpoint(out) is not None:
-            raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue that run, "
-                              "or choose another --out")
-        base = config
     extra = list(overrides)
     if max_steps is not None:
         extra.append(f"train.max_steps={max_steps}")
@@ -47,15 +99,25 @@ def prepare_job(shards: Path, out: Path, config: Optional[str], overrides: list[
         extra.append(f"train.checkpoint_every={checkpoint_every}")
     if skip_bad_samples:
         extra.append("train.skip_bad_samples=true")
-    cfg = load_config(base, extra, optional=["models.teacher.checkpoint"])
-    if cfg.models.teacher.checkpoint == REQUIRED:
-        cfg.models.teacher.checkpoint = TEACHER_IN_SHARDS
+    if resume:
+        if not saved.is_file():
+            raise ConfigError(f"--resume: {saved} not found (is {out} a tsa train output?)")
+        if config is not None:
+            _check_same_config(config, saved, extra)
+        base: Optional[str] = str(saved)
+    else:
+        if latest_checkpoint(out) is not None:
+            raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue that run, "
+                              "or choose another --out")
+        base = config
+    cfg = _load_train_config(base, extra)
     out.mkdir(parents=True, exist_ok=True)
     tmp = saved.with_name(CONFIG_FILE + ".tmp")
     tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     os.replace(tmp, saved)
-    resolved = resolve_tiny(config_from_dict(cfg.to_dict()))
-    job = TrainJob(config=resolved.to_dict(), shards=str(shards), out=str(out), resume=resume)
+    # `tiny` refs stay unresolved: each worker builds the (bit-identical) tiny models in its own
+    # cache, so no worker depends on a path that exists only on the driver's machine.
+    job = TrainJob(config=cfg.to_dict(), shards=absolute_path(shards), out=str(out), resume=resume)
     return job, cfg
 
 
@@ -100,6 +162,7 @@ def train_command(
     from train.launch import TrainError, launch
     from train.loop import NonFiniteLoss
     from train.model import ModelError
+    from train.preflight import StorageError
     from train.shards import DataError
 
     try:
@@ -110,7 +173,7 @@ def train_command(
                                    checkpoint_every=checkpoint_every, skip_bad_samples=skip_bad_samples)
             state = launch(job, workers=workers, strategy=cfg.train.strategy, ray_address=ray_address)
     except (ConfigError, DatasetMismatch, DataError, ModelError, NonFiniteLoss, TrainError, FileNotFoundError,
-            CheckpointMismatch) as e:
+            CheckpointMismatch, StorageError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
     data = state.get("data", {})

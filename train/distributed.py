@@ -79,7 +79,9 @@ def wrap(student: nn.Module, dist: Dist) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [dist.device.index] if dist.device.type == "cuda" else None
-    return DDP(student, device_ids=ids)
+    # Gradients live in the all-reduce buckets (no second copy of 2B fp32 gradients), and there
+    # are no buffers that change during training to broadcast every step.
+    return DDP(student, device_ids=ids, gradient_as_bucket_view=True, broadcast_buffers=False)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -55,7 +55,7 @@ def _launch_ray(job: TrainJob, workers: int, strategy: str, ray_address: Optiona
         ray.init(address=ray_address, include_dashboard=False, log_to_driver=True)
         started = True
     try:
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+        use_gpu = check_workers(workers, ray.cluster_resources())
         trainer = TorchTrainer(
             _ray_worker,
             train_loop_config={"job": asdict(job), "strategy": strategy},
@@ -74,6 +74,21 @@ def _launch_ray(job: TrainJob, workers: int, strategy: str, ray_address: Optiona
 
     ckpt = latest_checkpoint(Path(job.out))
     return read_trainer_state(ckpt) if ckpt else {}
+
+
+def check_workers(workers: int, resources: dict[str, float]) -> bool:
+    """Whether the workers get GPUs; a clear error now when the cluster cannot place them all
+    (Ray Train would otherwise wait for resources forever)."""
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    if gpus >= 1:
+        if workers > gpus:
+            raise TrainError(f"--workers {workers} but the Ray cluster has {gpus} GPU(s): one worker per GPU; "
+                             f"use --workers {gpus} or fewer, or add nodes")
+        return True
+    if workers > cpus:
+        raise TrainError(f"--workers {workers} but the Ray cluster has no GPU and {cpus} CPU(s) (one CPU per "
+                         f"worker): use --workers {cpus} or fewer, or --ray-address a GPU cluster")
+    return False
 
 
 def _worker_message(error: Exception) -> str:

@@ -16,6 +16,7 @@ from train.dataset_check import check_dataset, open_dataset
 from train.distributed import Dist, no_grad_sync, unwrap, wrap
 from train.loss import DiffusionObjective, load_scheduler
 from train.metrics import MetricsLog
+from train.preflight import check_storage
 from train.model import build_student, rotary_embedding
 from train.optim import apply_train_config, build_lr_scheduler, build_optimizer
 from train.step import StepContext, micro_batch_losses
@@ -29,7 +30,7 @@ class NonFiniteLoss(RuntimeError):
 class TrainJob:
     """Everything a worker needs (plain data, so Ray can ship it)."""
 
-    config: dict[str, Any]  # the config with model refs resolved to paths / hub ids
+    config: dict[str, Any]  # the run's config: local model paths absolute, `tiny` refs as written
     shards: str
     out: str
     resume: bool = False
@@ -49,10 +50,14 @@ def _device() -> torch.device:
 
 def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
     """Train until `train.max_steps`; returns the final trainer state (all ranks)."""
+    from configs.tiny_models import resolve_tiny
+
     cfg = job.cfg
     out = Path(job.out)
     info = open_dataset(job.shards)
     check_dataset(info, cfg)  # cheap checks before any weights are loaded
+    resolve_tiny(cfg)  # `tiny` refs: built (bit-identical) in this machine's own cache
+    check_storage(job.shards, job.out, cfg, dist)
 
     ckpt = latest_checkpoint(out) if job.resume else None
     if job.resume and ckpt is None:
@@ -65,7 +70,7 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
         check_dataset(info, cfg, projector_grid=student.projector.output_grid(cfg.geometry.student_grid),
                       projector_dim=student.projector.out_dim)
     model = wrap(student, dist)
-    optimizer = build_optimizer(model, cfg.train)
+    optimizer = build_optimizer(model, cfg.train, dist.device)
     lr_scheduler = build_lr_scheduler(optimizer, cfg.train)
 
     state: dict[str, Any] = {"step": 0, "nonfinite_skipped": 0, "nonfinite_in_row": 0}

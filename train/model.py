@@ -20,15 +20,16 @@ class ModelError(ValueError):
     """The student model does not fit the config; the message names both values."""
 
 
-def load_transformer(ref: str, dtype: torch.dtype = torch.float32):
+def load_transformer(ref: str, dtype: torch.dtype = torch.float32, low_cpu_mem_usage: bool = True):
     """CogVideoXTransformer3DModel from a hub id or a folder: a pipeline folder (subfolder
-    `transformer`) or a transformer folder itself (e.g. RUN/checkpoint-N/transformer)."""
-    import importlib.util
+    `transformer`) or a transformer folder itself (e.g. RUN/checkpoint-N/transformer).
 
+    `low_cpu_mem_usage` (accelerate, a dependency) builds the model empty and fills it from
+    the files: eight ranks on one node do not each hold a randomly initialised copy and the
+    loaded one (2B: 2 x 8 GB a rank in fp32) at the same time."""
     from diffusers import CogVideoXTransformer3DModel
 
-    # Without accelerate, diffusers falls back to a full-memory load (and warns about it).
-    kwargs = {"torch_dtype": dtype, "low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
+    kwargs = {"torch_dtype": dtype, "low_cpu_mem_usage": low_cpu_mem_usage}
     path = Path(ref)
     if path.is_dir() and (path / "config.json").is_file() and not (path / "model_index.json").is_file():
         return CogVideoXTransformer3DModel.from_pretrained(path, **kwargs)
@@ -149,7 +150,14 @@ def build_student(cfg: Config) -> Student:
     check_transformer(transformer, cfg)
     if cfg.train.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
-    projector = None if cfg.align.loss == "none" else build_projector(transformer, cfg)
+    projector = None
+    if cfg.align.loss != "none":
+        # Its own seeded draw: the initial projector must not depend on how much of the global
+        # RNG the transformer load used (a full-memory load initialises random weights first,
+        # a low-memory load through accelerate does not).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            projector = build_projector(transformer, cfg)
     if cfg.train.compile:
         # Per block, so the capture hook (called around forward) stays in eager Python.
         for block in transformer.transformer_blocks:

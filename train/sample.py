@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import importlib.util
 import json
 import os
 import time
@@ -240,8 +239,7 @@ def build_pipeline(refs: BaseRefs, transformer_dir: Path, torch_dtype):
                            CogVideoXTransformer3DModel)
     from transformers import AutoTokenizer, T5EncoderModel
 
-    # Without accelerate, diffusers falls back to a full-memory load (and warns about it).
-    low_mem = importlib.util.find_spec("accelerate") is not None
+    low_mem = True  # accelerate is a dependency: build each model empty, then fill it from its files
     transformer = _load("checkpoint transformer", str(transformer_dir), lambda: CogVideoXTransformer3DModel
                         .from_pretrained(transformer_dir, torch_dtype=torch_dtype, low_cpu_mem_usage=low_mem))
     vae = _load("VAE", refs.vae, lambda: AutoencoderKLCogVideoX.from_pretrained(
@@ -375,10 +373,6 @@ def sample(opts: SampleOptions, log: Callable[[str], None] = print) -> SampleSum
     if opts.cpu_offload:
         if device.type == "cpu":
             raise SampleError("--cpu-offload moves models between CPU and an accelerator; there is none here")
-        try:
-            import accelerate  # noqa: F401  (diffusers' offload hooks need it)
-        except ImportError:
-            raise SampleError("--cpu-offload needs the `accelerate` package: pip install 'tsa[offload]' (or pip install accelerate)") from None
 
     settings = {
         "checkpoint": str(transformer_dir), "base": asdict(refs), "steps": opts.steps,
@@ -465,7 +459,7 @@ def sample_cmd(
     fps: int = typer.Option(8, "--fps"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 | fp16 | fp32 (default bf16 on CUDA, fp32 on CPU)."),
     device: Optional[str] = typer.Option(None, "--device", help="Default cuda if available, else cpu."),
-    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="diffusers model CPU offload (needs accelerate)."),
+    cpu_offload: bool = typer.Option(False, "--cpu-offload", help="diffusers model CPU offload (accelerate, a dependency)."),
     vae_slicing: bool = typer.Option(False, "--vae-slicing", help="diffusers' VAE slicing (decodes a batch one video at a time; "
                                      "tsa sample decodes one video per call, so it changes little)."),
     vae_tiling: bool = typer.Option(False, "--vae-tiling", help="Decode in spatial tiles (less GPU memory)."),

@@ -1,0 +1,163 @@
+"""`tsa train` as a cluster user runs it (issue 10): relative paths from any folder with Ray
+Train workers, FSDP2 sharded checkpoints that resume exactly on the same and on another
+number of workers, a requeued command that repeats --config, and --workers the cluster
+cannot place."""
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli import app
+from configs import load_config
+from pipeline.synthetic import make_synthetic_dataset
+from train.metrics import read_metrics
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("cluster") / "ds", load_config("tiny"), n=8, seed=3)
+
+
+def _cli(*args):
+    result = CliRunner().invoke(app, ["train", *map(str, args)])
+    return result.exit_code, result.output + (result.stderr if result.stderr_bytes is not None else "")
+
+
+def _losses(out):
+    return {r["step"]: (r["loss"], r["loss_diffusion"], r["loss_align"], r["grad_norm"]) for r in read_metrics(out)}
+
+
+@pytest.mark.slow
+def test_fsdp2_from_relative_paths_resumes_exactly_on_two_then_one_worker(shards, tmp_path, monkeypatch):
+    """2 FSDP2 workers (relative --shards/--out, as the README writes them) for 2 steps, the same
+    command again with --config and --resume to step 3, then 1 worker from the sharded optimizer
+    to step 4: every step equals a straight 4-step single-process run."""
+    ref = tmp_path / "ref"
+    common = ["--config", "tiny", "-o", "train.checkpoint_every=1", "-o", "train.keep_last=4"]
+    code, output = _cli("--shards", shards, "--out", ref, "--max-steps", 4, *common)
+    assert code == 0, output
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "ds").symlink_to(shards, target_is_directory=True)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    args = ["--shards", "ds", "--out", "runs/fsdp", "--strategy", "fsdp2", *common]
+    code, output = _cli(*args, "--workers", 2, "--max-steps", 2)
+    assert code == 0, output
+    run = tmp_path / "elsewhere" / "runs" / "fsdp"
+    ckpt = run / "checkpoint-2"
+    shards_written = sorted(p.name for p in (ckpt / "optimizer").iterdir())
+    assert "param_groups.json" in shards_written and len([n for n in shards_written if n.endswith(".safetensors")]) == 2
+    assert not (ckpt / "optimizer.pt").exists()  # nothing gathered on rank 0
+    assert json.loads((ckpt / "trainer_state.json").read_text())["world_size"] == 2
+    assert sorted(p.name for p in ckpt.glob("rng-rank*.pt")) == ["rng-rank0.pt", "rng-rank1.pt"]
+
+    code, output = _cli(*args, "--workers", 2, "--max-steps", 3, "--resume")  # the requeued command
+    assert code == 0, output
+    code, output = _cli(*args, "--workers", 1, "--max-steps", 4, "--resume")
+    assert code == 0, output
+    assert json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())["world_size"] == 1
+
+    want, got = _losses(ref), _losses(run)
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in range(1, 5):
+        assert got[step] == pytest.approx(want[step], rel=1e-4, abs=1e-6), step
+
+
+def test_resume_accepts_the_runs_own_config_and_names_the_keys_of_another(shards, tmp_path):
+    out = tmp_path / "run"
+    common = ["--shards", shards, "--out", out, "-o", "align.tau=0.2"]
+    assert _cli(*common, "--config", "tiny", "--max-steps", 1)[0] == 0
+    code, output = _cli(*common, "--config", "tiny", "--max-steps", 2, "--resume")
+    assert code == 0, output
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+
+    other = tmp_path / "other.yaml"
+    data = load_config("tiny").to_dict()
+    data["align"]["ratio"] = 0.3
+    data["train"]["lr"] = 5e-4
+    import yaml
+
+    other.write_text(yaml.safe_dump(data))
+    code, output = _cli("--shards", shards, "--out", out, "--config", other, "--max-steps", 3, "--resume",
+                        "-o", "align.tau=0.2")
+    assert code == 1
+    assert "differs from the run's" in output and "align.ratio: 0.3 != 0.2" in output and "train.lr" in output
+    assert "align.tau" not in output  # set by -o: allowed to differ
+    # A key set with -o on resume is not a difference (it is the allowed way to change one).
+    code, output = _cli(*common, "--config", "tiny", "--max-steps", 3, "--resume", "-o", "train.lr=2e-4")
+    assert code == 0, output
+
+
+def test_more_workers_than_the_cluster_has_is_a_clear_error_at_once(shards, tmp_path):
+    from train.launch import TrainError, check_workers
+
+    assert check_workers(8, {"GPU": 8.0, "CPU": 96.0}) is True
+    assert check_workers(2, {"CPU": 2.0}) is False
+    with pytest.raises(TrainError, match="--workers 16 but the Ray cluster has 8 GPU"):
+        check_workers(16, {"GPU": 8.0, "CPU": 96.0})
+    with pytest.raises(TrainError, match="no GPU and 2 CPU"):
+        check_workers(3, {"CPU": 2.0})
+    code, output = _cli("--shards", shards, "--out", tmp_path / "w", "--config", "tiny", "--workers", 64)
+    assert code == 1 and "--workers 64 but the Ray cluster has no GPU" in output
+    assert not (tmp_path / "w" / "checkpoint-1").exists()
+
+
+class _TwoRanks:
+    """Rank 0 of a 2-worker run whose other worker wrote its probe somewhere rank 0 cannot see."""
+
+    rank, world, is_main, active = 0, 2, True, True
+
+    def gather(self, obj):
+        return [obj, []]
+
+    def barrier(self):
+        pass
+
+
+def test_storage_check_names_node_and_path(shards, tmp_path):
+    from train.distributed import Dist
+    from train.preflight import StorageError, check_storage, node_name
+
+    cfg = load_config("tiny")
+    check_storage(str(shards), str(tmp_path / "ok"), cfg, Dist())
+    assert not list((tmp_path / "ok").iterdir())  # the probe is removed
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError) as e:
+        check_storage(str(tmp_path / "nowhere"), str(blocker / "out"), cfg, Dist())
+    msg = str(e.value)
+    assert f"worker 0 on node {node_name()}" in msg
+    assert f"cannot read --shards {tmp_path / 'nowhere'}" in msg and f"cannot write --out {blocker / 'out'}" in msg
+
+    cfg.models.student = str(tmp_path / "weights" / "CogVideoX-2b")
+    with pytest.raises(StorageError, match=r"models.student=.*weights/CogVideoX-2b: not found"):
+        check_storage(str(shards), str(tmp_path / "ok"), cfg, Dist())
+
+    with pytest.raises(StorageError, match=r"is not shared storage: it does not see the files that worker\(s\) 1"):
+        check_storage(str(shards), str(tmp_path / "ok"), load_config("tiny"), _TwoRanks())
+
+
+def test_projector_init_does_not_depend_on_how_the_transformer_loads(monkeypatch):
+    import train.model as model
+    from configs.tiny_models import resolve_tiny
+
+    cfg = resolve_tiny(load_config("tiny"))
+    first = model.build_student(cfg).projector.state_dict()
+    real = model.load_transformer
+    monkeypatch.setattr(model, "load_transformer", lambda ref: real(ref, low_cpu_mem_usage=False))
+    torch.manual_seed(1234)
+    torch.randn(100)  # whatever drew from the global RNG before
+    second = model.build_student(cfg).projector.state_dict()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_adamw_is_fused_on_cuda():
+    from train.optim import build_optimizer
+
+    lin = torch.nn.Linear(3, 3)
+    assert build_optimizer(lin, load_config("tiny").train, torch.device("cuda")).defaults["fused"] is True
+    assert not build_optimizer(lin, load_config("tiny").train).defaults["fused"]
