@@ -31,10 +31,12 @@ def _losses(out):
 
 
 @pytest.mark.slow
-def test_fsdp2_from_relative_paths_resumes_exactly_on_two_then_one_worker(shards, tmp_path, monkeypatch):
-    """2 FSDP2 workers (relative --shards/--out, as the README writes them) for 2 steps, the same
-    command again with --config and --resume to step 3, then 1 worker from the sharded optimizer
-    to step 4: every step equals a straight 4-step single-process run."""
+@pytest.mark.parametrize("strategy", ["fsdp2", "ddp"])
+def test_two_workers_from_relative_paths_resume_exactly_on_two_then_one_worker(shards, tmp_path, monkeypatch,
+                                                                               strategy):
+    """2 workers (relative --shards/--out, as the README writes them) for 2 steps, the same
+    command again with --config and --resume to step 3, then 1 worker to step 4 (for FSDP2 from
+    the sharded optimizer): every step equals a straight 4-step single-process run."""
     ref = tmp_path / "ref"
     common = ["--config", "tiny", "-o", "train.checkpoint_every=1", "-o", "train.keep_last=4"]
     code, output = _cli("--shards", shards, "--out", ref, "--max-steps", 4, *common)
@@ -43,14 +45,17 @@ def test_fsdp2_from_relative_paths_resumes_exactly_on_two_then_one_worker(shards
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "ds").symlink_to(shards, target_is_directory=True)
     monkeypatch.chdir(tmp_path / "elsewhere")
-    args = ["--shards", "ds", "--out", "runs/fsdp", "--strategy", "fsdp2", *common]
+    args = ["--shards", "ds", "--out", "runs/x", "--strategy", strategy, *common]
     code, output = _cli(*args, "--workers", 2, "--max-steps", 2)
     assert code == 0, output
-    run = tmp_path / "elsewhere" / "runs" / "fsdp"
+    run = tmp_path / "elsewhere" / "runs" / "x"
     ckpt = run / "checkpoint-2"
-    shards_written = sorted(p.name for p in (ckpt / "optimizer").iterdir())
-    assert "param_groups.json" in shards_written and len([n for n in shards_written if n.endswith(".safetensors")]) == 2
-    assert not (ckpt / "optimizer.pt").exists()  # nothing gathered on rank 0
+    if strategy == "fsdp2":
+        written = sorted(p.name for p in (ckpt / "optimizer").iterdir())
+        assert "param_groups.json" in written and len([n for n in written if n.endswith(".safetensors")]) == 2
+        assert not (ckpt / "optimizer.pt").exists()  # nothing gathered on rank 0
+    else:
+        assert (ckpt / "optimizer.pt").is_file() and not (ckpt / "optimizer").exists()
     assert json.loads((ckpt / "trainer_state.json").read_text())["world_size"] == 2
     assert sorted(p.name for p in ckpt.glob("rng-rank*.pt")) == ["rng-rank0.pt", "rng-rank1.pt"]
 
@@ -161,3 +166,22 @@ def test_adamw_is_fused_on_cuda():
     lin = torch.nn.Linear(3, 3)
     assert build_optimizer(lin, load_config("tiny").train, torch.device("cuda")).defaults["fused"] is True
     assert not build_optimizer(lin, load_config("tiny").train).defaults["fused"]
+
+
+def test_microbatches_are_stacked_straight_into_pinned_memory(monkeypatch):
+    """On a GPU the loader's micro-batch tensors are page-locked (no CPU here to pin for real:
+    torch.empty's pin flag is recorded and dropped), and equal a plain torch.stack."""
+    import train.data as data
+
+    asked = []
+    real_empty = torch.empty
+
+    def empty(*shape, pin_memory=False, **kw):
+        asked.append(pin_memory)
+        return real_empty(*shape, **kw)
+
+    monkeypatch.setattr(data.torch, "empty", empty)
+    parts = [torch.randn(2, 3, dtype=torch.float16) for _ in range(4)]
+    pinned = data.stack(parts, pin=True)
+    assert asked == [True] and pinned.dtype == torch.float16 and torch.equal(pinned, torch.stack(parts))
+    assert torch.equal(data.stack(parts, pin=False), torch.stack(parts)) and asked == [True]

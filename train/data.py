@@ -192,8 +192,10 @@ class RankLoader:
         kwargs: dict[str, Any] = {}
         if self.workers > 0:
             kwargs = {"prefetch_factor": cfg.train.prefetch_factor}
-        self.loader = DataLoader(dataset, batch_size=None, num_workers=self.workers, pin_memory=pin_memory,
-                                 **kwargs)
+        # Items are stacked into micro-batches here, so pinning them one by one in the DataLoader
+        # would be lost in torch.stack: next_microbatch stacks straight into pinned memory instead.
+        self.pin_memory = pin_memory
+        self.loader = DataLoader(dataset, batch_size=None, num_workers=self.workers, **kwargs)
         self._it = iter(self.loader)
 
     def position(self) -> DataPosition:
@@ -211,7 +213,7 @@ class RankLoader:
 
     def next_microbatch(self) -> dict[str, Any]:
         items = [self.next_item() for _ in range(self.cfg.train.micro_batch)]
-        batch: dict[str, Any] = {k: torch.stack([it[k] for it in items])
+        batch: dict[str, Any] = {k: stack([it[k] for it in items], self.pin_memory)
                                  for k, v in items[0].items() if isinstance(v, torch.Tensor)}
         for k in ("index", "key", "shard"):
             batch[k] = [it[k] for it in items]
@@ -222,6 +224,15 @@ class RankLoader:
         # Ends the worker processes now rather than at garbage collection.
         self._it = None
         self.loader = None
+
+
+def stack(tensors: list[torch.Tensor], pin: bool) -> torch.Tensor:
+    """torch.stack, written straight into page-locked memory when `pin` (then the host-to-GPU
+    copy is a real asynchronous DMA: from pageable memory `non_blocking=True` copies in sync)."""
+    if not pin:
+        return torch.stack(tensors)
+    out = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype, pin_memory=True)
+    return torch.stack(tensors, out=out)
 
 
 def microbatches_per_step(cfg: Config, world: int) -> int:

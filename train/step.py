@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from configs.schema import Config
+from train.data import stack
 from train.loss import DiffusionObjective, alignment_loss, diffusion_loss, draw_noise, posterior_sample
 
 
@@ -27,13 +28,21 @@ class StepContext:
         return None
 
 
+def to_device(x: torch.Tensor, ctx: StepContext, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Copy (asynchronously from pinned memory) first, convert on the device: a float16 batch
+    crosses the bus at half the bytes, and a CPU-side .float() would make a fresh unpinned copy."""
+    x = x.to(ctx.device, non_blocking=True)
+    return x if dtype is None else x.to(dtype)
+
+
 def clean_latents(batch: dict[str, Any], ctx: StepContext) -> torch.Tensor:
-    """x0 [B, C, F, H, W] fp32 on CPU: the stored sample, or a posterior sample of the stored
-    moments drawn with the sample's own seed."""
+    """x0 [B, C, F, H, W] fp32 on the device: the stored sample, or a posterior sample of the
+    stored moments drawn (on CPU) with the sample's own seed."""
     if "latent" in batch:
-        return batch["latent"].float()
-    return torch.stack([posterior_sample(m, lv, ctx.cfg.seed, j, ctx.scaling_factor)
-                        for m, lv, j in zip(batch["latent_mean"], batch["latent_logvar"], batch["index"])])
+        return to_device(batch["latent"], ctx, torch.float32)
+    x0 = [posterior_sample(m, lv, ctx.cfg.seed, j, ctx.scaling_factor)
+          for m, lv, j in zip(batch["latent_mean"], batch["latent_logvar"], batch["index"])]
+    return to_device(stack(x0, ctx.device.type == "cuda"), ctx)
 
 
 def micro_batch_losses(model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
@@ -44,11 +53,11 @@ def micro_batch_losses(model: nn.Module, batch: dict[str, Any], ctx: StepContext
     x0 = clean_latents(batch, ctx)
     draws = [draw_noise(cfg.seed, j, x0.shape[1:], ctx.objective.num_timesteps) for j in batch["index"]]
     t = torch.tensor([d[0] for d in draws], dtype=torch.long, device=dev)
-    noise = torch.stack([d[1] for d in draws])
-    noisy, target = ctx.objective.noisy_and_target(x0.to(dev, non_blocking=True), noise.to(dev, non_blocking=True), t)
+    noise = to_device(stack([d[1] for d in draws], dev.type == "cuda"), ctx)
+    noisy, target = ctx.objective.noisy_and_target(x0, noise, t)
     # The transformer takes [B, F, C, H, W].
     noisy, target = noisy.transpose(1, 2), target.transpose(1, 2)
-    text = batch["text"].to(dev, non_blocking=True).float()
+    text = to_device(batch["text"], ctx, torch.float32)
     dtype = ctx.autocast_dtype
     with torch.autocast(device_type=dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         pred, projected = model(noisy, text, t, ctx.rotary)
@@ -56,7 +65,7 @@ def micro_batch_losses(model: nn.Module, batch: dict[str, Any], ctx: StepContext
     if cfg.align.loss == "none":
         l_align = torch.zeros((), device=dev)
     else:
-        teacher = batch["teacher"].to(dev, non_blocking=True)
+        teacher = to_device(batch["teacher"], ctx)
         query = mask_to_index(batch["mask"]).to(dev) if cfg.align.loss == "mtsa" else None
         l_align = alignment_loss(cfg.align, projected, teacher, tuple(cfg.geometry.teacher_grid), query)
     return {"loss": l_diff + cfg.align.weight * l_align, "loss_diffusion": l_diff, "loss_align": l_align}
