@@ -185,3 +185,28 @@ def test_microbatches_are_stacked_straight_into_pinned_memory(monkeypatch):
     pinned = data.stack(parts, pin=True)
     assert asked == [True] and pinned.dtype == torch.float16 and torch.equal(pinned, torch.stack(parts))
     assert torch.equal(data.stack(parts, pin=False), torch.stack(parts)) and asked == [True]
+
+
+def test_memory_plan_at_paper_size():
+    """CogVideoX-2B (1.69B parameters, built on the meta device) + the paper projector: model
+    state is 16 bytes a parameter on DDP and 1/W of it with FSDP2; the table adds up."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    from train.memory_plan import GIB, plan_memory
+    from tsa_core import Projector
+
+    cfg = load_config("cogvideox2b_mtsa", optional=["models.teacher.checkpoint"])
+    with torch.device("meta"):
+        transformer = CogVideoXTransformer3DModel()
+        projector = Projector(1920, 2048, 768)
+    n = sum(p.numel() for p in transformer.parameters()) + sum(p.numel() for p in projector.parameters())
+    ddp = plan_memory(transformer, projector, cfg, "ddp", 8)
+    fsdp = plan_memory(transformer, projector, cfg, "fsdp2", 8)
+    assert ddp.parameters + ddp.gradients + ddp.optimizer == 16 * n and ddp.buckets == 0
+    assert fsdp.parameters + fsdp.gradients + fsdp.optimizer == pytest.approx(16 * n / 8)
+    assert fsdp.activations == ddp.activations > 0 and fsdp.transient > ddp.transient
+    assert 30 * GIB < ddp.total < 40 * GIB and fsdp.total < 16 * GIB
+    table = ddp.table()
+    assert "AdamW state (fp32)" in table and f"{ddp.total / GIB:.2f} GiB" in table.splitlines()[-1]
+    cfg.train.gradient_checkpointing = False
+    assert plan_memory(transformer, projector, cfg, "ddp", 8).activations > 5 * ddp.activations

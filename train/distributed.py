@@ -98,3 +98,13 @@ def no_grad_sync(model: nn.Module, dist: Dist, sync: bool):
         model.set_requires_gradient_sync(False)
         return contextlib.nullcontext()
     return model.no_sync()
+
+
+def clip_gradients(model: nn.Module, max_norm: float) -> float:
+    """Clip the global gradient norm to `max_norm` (inf: only measure it); returns the norm
+    before clipping. Under FSDP2 the gradients are sharded DTensors: clip_grad_norm_ reduces
+    their partial norms over the ranks, and the result is a replicated DTensor, read in full."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
+    return float(norm)

@@ -13,8 +13,9 @@ from configs.schema import Config, config_from_dict
 from train.checkpoint import latest_checkpoint, load_checkpoint, read_trainer_state, save_checkpoint
 from train.data import DataPosition, RankLoader, microbatches_per_step
 from train.dataset_check import check_dataset, open_dataset
-from train.distributed import Dist, no_grad_sync, unwrap, wrap
+from train.distributed import Dist, clip_gradients, no_grad_sync, unwrap, wrap
 from train.loss import DiffusionObjective, load_scheduler
+from train.memory_plan import plan_memory
 from train.metrics import MetricsLog
 from train.preflight import check_storage
 from train.model import build_student, rotary_embedding
@@ -69,6 +70,8 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
     if student.projector is not None:
         check_dataset(info, cfg, projector_grid=student.projector.output_grid(cfg.geometry.student_grid),
                       projector_dim=student.projector.out_dim)
+    if dist.is_main and dist.device.type == "cuda":
+        print(plan_memory(student.transformer, student.projector, cfg, dist.strategy, dist.world).table(), flush=True)
     model = wrap(student, dist)
     optimizer = build_optimizer(model, cfg.train, dist.device)
     lr_scheduler = build_lr_scheduler(optimizer, cfg.train)
@@ -123,7 +126,7 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
             attempts += 1
             loss, l_diff, l_align = dist.mean(sums).tolist()
             clip = cfg.train.grad_clip if cfg.train.grad_clip > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+            grad_norm = clip_gradients(model, clip)
             reasons = sum(dist.gather(bad), []) if cfg.train.skip_bad_samples else []  # collective
             if metrics is not None:
                 for reason in reasons:
@@ -152,10 +155,13 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
             elapsed = time.perf_counter() - t_start
             wait_frac = float(dist.mean(torch.tensor([wait / elapsed], device=dist.device))[0])
             if metrics is not None:
-                metrics.log({"step": state["step"], "loss": loss, "loss_diffusion": l_diff, "loss_align": l_align,
-                             "lr": lr, "grad_norm": grad_norm, "samples_per_s": global_batch / elapsed,
-                             "data_wait_frac": wait_frac, "step_time_s": elapsed,
-                             "nonfinite_skipped": state["nonfinite_skipped"]})
+                record = {"step": state["step"], "loss": loss, "loss_diffusion": l_diff, "loss_align": l_align,
+                          "lr": lr, "grad_norm": grad_norm, "samples_per_s": global_batch / elapsed,
+                          "data_wait_frac": wait_frac, "step_time_s": elapsed,
+                          "nonfinite_skipped": state["nonfinite_skipped"]}
+                if dist.device.type == "cuda":  # rank 0's peak since start, to hold against the plan
+                    record["peak_memory_gib"] = torch.cuda.max_memory_allocated(dist.device) / 2 ** 30
+                metrics.log(record)
             every = cfg.train.checkpoint_every
             if (every > 0 and state["step"] % every == 0) or state["step"] == max_steps:
                 save_checkpoint(out, state["step"], model, optimizer, lr_scheduler, trainer_state(), dist,
