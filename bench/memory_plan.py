@@ -2,7 +2,7 @@
 FSDP2 and several micro-batches, and the largest micro-batch that fits 48 and 80 GB cards.
 No GPU and no weights: CogVideoX-2B is built on the meta device.
 
-    python bench/memory_plan.py [--config cogvideox2b_mtsa] [--workers 8]
+    python bench/memory_plan.py [--config cogvideox2b_mtsa] [--workers 8] [--model 2b|5b] [--lora-rank 64]
 """
 from __future__ import annotations
 
@@ -18,7 +18,11 @@ from configs import load_config  # noqa: E402
 from train.memory_plan import GIB, plan_memory  # noqa: E402
 from tsa_core import Projector  # noqa: E402
 
-CARDS_GB = (48, 80)
+CARDS_GB = (48, 80)  # RTX 6000 Ada / L40S "48 GB" and A100/H100 "80 GB" hold that many GiB
+# diffusers' CogVideoXTransformer3DModel defaults are CogVideoX-2B; the 5B release differs in
+# width, depth and positions (THUDM/CogVideoX-5b transformer/config.json).
+ARCHITECTURES = {"2b": {}, "5b": {"num_attention_heads": 48, "num_layers": 42,
+                                  "use_rotary_positional_embeddings": True}}
 SLACK_GIB = 2.0  # CUDA context and allocator slack, not in the plan
 
 
@@ -26,16 +30,27 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--config", default="cogvideox2b_mtsa")
     ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--model", choices=sorted(ARCHITECTURES), default="2b")
+    ap.add_argument("--lora-rank", type=int, default=0, help="train.lora.rank (0: full fine-tune)")
     args = ap.parse_args(argv)
     from diffusers import CogVideoXTransformer3DModel
 
-    cfg = load_config(args.config, optional=["models.teacher.checkpoint"])
+    cfg = load_config(args.config, [f"train.lora.rank={args.lora_rank}"], optional=["models.teacher.checkpoint"])
     with torch.device("meta"):
-        transformer = CogVideoXTransformer3DModel()  # the default config is CogVideoX-2B
+        transformer = CogVideoXTransformer3DModel(**ARCHITECTURES[args.model])
         c = transformer.config
         projector = Projector(c.num_attention_heads * c.attention_head_dim, cfg.align.projector_hidden,
                               cfg.models.teacher.dim)
-    for strategy, workers in (("ddp", args.workers), ("fsdp2", 2), ("fsdp2", args.workers)):
+        if args.lora_rank:
+            from train.lora import add_lora
+
+            add_lora(transformer, cfg.train.lora, seed=0)
+    n = sum(p.numel() for p in transformer.parameters())
+    t = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
+    print(f"CogVideoX-{args.model.upper()}: {n / 1e9:.2f}B parameters, {t / 1e6:.1f}M trainable; "
+          f"projector {sum(p.numel() for p in projector.parameters()) / 1e6:.1f}M\n")
+    setups = [("ddp", 1)] if args.workers == 1 else [("ddp", args.workers), ("fsdp2", 2), ("fsdp2", args.workers)]
+    for strategy, workers in setups:
         cfg.train.micro_batch = 1
         print(plan_memory(transformer, projector, cfg, strategy, workers).table())
         fits = {}
@@ -43,8 +58,7 @@ def main(argv=None) -> None:
             best = 0
             for b in range(1, 65):
                 cfg.train.micro_batch = b
-                if plan_memory(transformer, projector, cfg, strategy, workers).total / GIB + SLACK_GIB \
-                        <= card * 1e9 / GIB:
+                if plan_memory(transformer, projector, cfg, strategy, workers).total / GIB + SLACK_GIB <= card:
                     best = b
             fits[card] = best
         print("  largest micro-batch (plan + %.0f GiB slack): %s\n" % (

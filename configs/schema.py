@@ -201,6 +201,24 @@ class PreprocessConfig:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (peft) on the student's attention projections instead of a full fine-tune."""
+
+    rank: int = 0  # 0: full fine-tune (the paper); > 0: LoRA of this rank, the base transformer frozen
+    alpha: float = 0.0  # scaling alpha / rank; 0 means alpha = rank (scale 1)
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        if self.rank < 0 or self.alpha < 0:
+            raise ConfigError(f"train.lora.rank={self.rank}, train.lora.alpha={self.alpha}: must be >= 0")
+        if self.rank > 0 and not self.target_modules:
+            raise ConfigError("train.lora.target_modules is empty: name the layers that get adapters")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"train.lora.dropout={self.dropout}: must be in [0, 1)")
+
+
+@dataclass
 class TrainConfig:
     lr: float = 2e-6
     projector_lr: float = 2e-6
@@ -224,6 +242,7 @@ class TrainConfig:
     max_nonfinite_in_row: int = 5
     strategy: str = "ddp"  # ddp | fsdp2 (with more than one worker)
     log_every: int = 1
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def validate(self) -> None:
         if self.mixed_precision not in {"bf16", "no"}:
@@ -239,6 +258,7 @@ class TrainConfig:
         for name in ("warmup_steps", "checkpoint_every", "max_steps", "num_workers"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)}: must be >= 0")
+        self.lora.validate()
         if self.keep_last < 1:
             raise ConfigError(f"train.keep_last={self.keep_last}: must be >= 1 (the last checkpoint is "
                               "what --resume continues from)")

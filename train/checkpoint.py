@@ -2,6 +2,8 @@
 
     transformer/              diffusers format (config.json + safetensors): loads with
                               CogVideoXTransformer3DModel.from_pretrained, drops into CogVideoXPipeline
+    pytorch_lora_weights.safetensors   instead of transformer/ with train.lora.rank > 0: the adapters,
+                              for CogVideoXPipeline.load_lora_weights (train/lora.py)
     projector.safetensors     the projector's weights
     optimizer.pt              AdamW state keyed by parameter name (torch.save of tensors and numbers),
                               written by rank 0: one worker, or DDP (every rank holds the same state)
@@ -47,10 +49,10 @@ SHARDED_OPTIMIZER = "optimizer"
 PARAM_GROUPS = "param_groups.json"
 
 
-def _options():
+def _options(ignore_frozen_params: bool = False):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=ignore_frozen_params)
 
 
 def checkpoint_dirs(out: Path) -> list[tuple[int, Path]]:
@@ -90,8 +92,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(out: Path, step: int, model: nn.Module, optimizer, lr_scheduler, trainer_state: dict[str, Any],
-                    dist: Dist, keep_last: int) -> Path:
-    """Collective: every rank calls it. Returns the final folder."""
+                    dist: Dist, keep_last: int, lora=None) -> Path:
+    """Collective: every rank calls it. Returns the final folder. `lora` (the run's
+    train.lora when its rank > 0): save the adapters instead of the whole transformer."""
     from huggingface_hub import save_torch_state_dict
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
@@ -103,7 +106,8 @@ def save_checkpoint(out: Path, step: int, model: nn.Module, optimizer, lr_schedu
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    weights = get_model_state_dict(model, options=_options())  # full tensors on CPU, rank 0 in FSDP
+    # Full tensors on CPU, rank 0 in FSDP; with LoRA only the trainable ones (not the frozen base).
+    weights = get_model_state_dict(model, options=_options(ignore_frozen_params=lora is not None))
     sharded = dist.active and dist.strategy == "fsdp2"
     if sharded:
         _save_sharded_optimizer(tmp / SHARDED_OPTIMIZER, model, optimizer, dist)
@@ -112,12 +116,17 @@ def save_checkpoint(out: Path, step: int, model: nn.Module, optimizer, lr_schedu
     rngs = dist.gather(rng_state())
     if dist.is_main:
         student = unwrap(model)
-        transformer = {k[len("transformer."):]: v for k, v in weights.items() if k.startswith("transformer.")}
         projector = {k[len("projector."):]: v.contiguous() for k, v in weights.items() if k.startswith("projector.")}
-        (tmp / "transformer").mkdir()
-        student.transformer.save_config(tmp / "transformer")
-        save_torch_state_dict(transformer, tmp / "transformer", filename_pattern=TRANSFORMER_WEIGHTS,
-                              max_shard_size="10GB")
+        if lora is not None:  # only the adapters: the base transformer is frozen and unchanged
+            from train.lora import save_lora
+
+            save_lora(tmp, weights, lora)
+        else:
+            transformer = {k[len("transformer."):]: v for k, v in weights.items() if k.startswith("transformer.")}
+            (tmp / "transformer").mkdir()
+            student.transformer.save_config(tmp / "transformer")
+            save_torch_state_dict(transformer, tmp / "transformer", filename_pattern=TRANSFORMER_WEIGHTS,
+                                  max_shard_size="10GB")
         if projector:
             save_file(projector, str(tmp / "projector.safetensors"))
         if not sharded:
@@ -152,6 +161,7 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer, lr_scheduler, dist:
 
     ckpt = Path(ckpt)
     student = unwrap(model)
+    _load_lora(ckpt, model, student)
     path = ckpt / "projector.safetensors"
     if (student.projector is not None) != path.is_file():
         raise CheckpointMismatch(
@@ -219,3 +229,37 @@ def _load_sharded_optimizer(folder: Path, model: nn.Module, optimizer, dist: Dis
     for group in groups:
         group["betas"] = tuple(group["betas"])
     set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=options)
+
+
+def has_lora(ckpt: Path) -> bool:
+    from train.lora import LORA_WEIGHTS
+
+    return (Path(ckpt) / LORA_WEIGHTS).is_file()
+
+
+def _load_lora(ckpt: Path, model: nn.Module, student: nn.Module) -> None:
+    """The adapters of a LoRA checkpoint into the freshly adapted student; a checkpoint whose
+    kind (LoRA or full) differs from the config's train.lora.rank is a clear error."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    from train.lora import LORA_WEIGHTS, from_diffusers, is_lora_key
+
+    adapted = any(is_lora_key(n) for n, _ in student.named_parameters())
+    if has_lora(ckpt) != adapted:
+        raise CheckpointMismatch(
+            f"{ckpt} holds {'LoRA adapters' if has_lora(ckpt) else 'a fully fine-tuned transformer'}, but this config "
+            f"has train.lora.rank={'0' if not adapted else '> 0'}: resume with the run's train.lora.rank")
+    if not adapted:
+        return
+    weights = from_diffusers(load_file(str(ckpt / LORA_WEIGHTS)))  # keys as in the Student
+    expected = {n for n, _ in student.named_parameters() if is_lora_key(n)}
+    if set(weights) != expected:
+        raise CheckpointMismatch(f"{ckpt / LORA_WEIGHTS} holds adapters for other layers than this config's "
+                                 f"(train.lora.target_modules): {len(set(weights) - expected)} unexpected, "
+                                 f"{len(expected - set(weights))} missing")
+    try:
+        set_model_state_dict(model, weights, options=_partial_options())
+    except RuntimeError as e:
+        raise CheckpointMismatch(f"{ckpt / LORA_WEIGHTS} does not fit this config's adapters (train.lora.rank, "
+                                 f"target_modules): {str(e).strip().splitlines()[-1].strip()}") from None

@@ -63,7 +63,7 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
     ckpt = latest_checkpoint(out) if job.resume else None
     if job.resume and ckpt is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {out}")
-    if ckpt is not None:
+    if ckpt is not None and (ckpt / "transformer").is_dir():  # a LoRA checkpoint keeps the base
         cfg.models.student = str(ckpt / "transformer")
     torch.manual_seed(cfg.seed)  # the same projector init on every rank and for every world size
     student = build_student(cfg)
@@ -165,7 +165,7 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
             every = cfg.train.checkpoint_every
             if (every > 0 and state["step"] % every == 0) or state["step"] == max_steps:
                 save_checkpoint(out, state["step"], model, optimizer, lr_scheduler, trainer_state(), dist,
-                                cfg.train.keep_last)
+                                cfg.train.keep_last, lora=cfg.train.lora if cfg.train.lora.rank > 0 else None)
         final = trainer_state()
     finally:
         loader.close()

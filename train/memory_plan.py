@@ -4,8 +4,8 @@ goes to metrics.jsonl as `peak_memory_gib`, so the plan can be checked against r
 Model state is exact arithmetic on the parameter counts; activations are an estimate:
 
     parameters   fp32 master weights              4 P       (FSDP2: 4 P / W)
-    gradients    fp32                             4 P       (FSDP2: 4 P / W)
-    optimizer    AdamW exp_avg + exp_avg_sq       8 P       (FSDP2: 8 P / W)
+    gradients    fp32                             4 T       (FSDP2: 4 T / W)
+    optimizer    AdamW exp_avg + exp_avg_sq       8 T       (FSDP2: 8 T / W)
     buckets      DDP all-reduce buckets           0: gradient_as_bucket_view makes the gradients
                                                   the buckets (4 P without it)
     transient    bf16 autocast copies of the weights (autocast caches every cast until the
@@ -18,7 +18,9 @@ Model state is exact arithmetic on the parameter counts; activations are an esti
                  (attention through SDPA, no tokens x tokens matrix); without
                  checkpointing every block keeps those intermediates
 
-P counts the trainable parameters (transformer + projector), W the workers, b the micro-batch.
+P counts all parameters (transformer + projector), T the trainable ones (P, or with LoRA the
+adapters and the projector: gradients and AdamW state are 4 T and 8 T), W the workers, b the
+micro-batch.
 """
 from __future__ import annotations
 
@@ -57,8 +59,10 @@ class MemoryPlan:
         return f"{head}\n{body}\n  {'total':<24}{self.total / GIB:8.2f} GiB"
 
 
-def _count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+def _count(module: nn.Module | None, trainable_only: bool = False) -> int:
+    if module is None:
+        return 0
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 def plan_memory(transformer: nn.Module, projector: nn.Module | None, cfg: Config, strategy: str,
@@ -69,8 +73,9 @@ def plan_memory(transformer: nn.Module, projector: nn.Module | None, cfg: Config
     width = c.num_attention_heads * c.attention_head_dim
     blocks = transformer.transformer_blocks
     block = _count(blocks[0])
-    outside = _count(transformer) - block * len(blocks) + (_count(projector) if projector is not None else 0)
-    total = _count(transformer) + (_count(projector) if projector is not None else 0)
+    outside = _count(transformer) - block * len(blocks) + _count(projector)
+    total = _count(transformer) + _count(projector)
+    trainable = _count(transformer, True) + _count(projector, True)  # LoRA: adapters + projector
     sharded = strategy == "fsdp2" and workers > 1
     share = workers if sharded else 1
 
@@ -89,5 +94,6 @@ def plan_memory(transformer: nn.Module, projector: nn.Module | None, cfg: Config
     if sharded:  # two blocks all-gathered in fp32 with their unsharded gradients, the rest unsharded
         transient += 2 * block * (4 + 4) + outside * 4
     return MemoryPlan(strategy=strategy if workers > 1 else "one worker", workers=workers,
-                      parameters=4 * total / share, gradients=4 * total / share, optimizer=8 * total / share,
+                      parameters=4 * total / share, gradients=4 * trainable / share,
+                      optimizer=8 * trainable / share,
                       buckets=0.0, transient=float(transient), activations=float(activations))

@@ -148,6 +148,10 @@ def build_student(cfg: Config) -> Student:
     against the config, enable checkpointing/compile as configured, add the projector."""
     transformer = load_transformer(cfg.models.student)
     check_transformer(transformer, cfg)
+    if cfg.train.lora.rank > 0:
+        from train.lora import add_lora
+
+        add_lora(transformer, cfg.train.lora, cfg.seed + 1)
     if cfg.train.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     projector = None

@@ -91,6 +91,17 @@ class SampleSummary:
 
 # ----------------------------------------------------------------------------- checkpoint and base
 
+def lora_checkpoint(checkpoint: Path) -> Optional[Path]:
+    """RUN/checkpoint-N of a LoRA run (it holds pytorch_lora_weights.safetensors and no
+    transformer/), resolved; None for a full fine-tune."""
+    from train.lora import LORA_WEIGHTS
+
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir() and (checkpoint / LORA_WEIGHTS).is_file() and not (checkpoint / "transformer").exists():
+        return checkpoint.resolve()
+    return None
+
+
 def find_transformer_dir(checkpoint: Path) -> tuple[Path, Path]:
     """(transformer folder, run folder) of `checkpoint`: RUN/checkpoint-N or RUN/checkpoint-N/transformer."""
     checkpoint = Path(checkpoint)
@@ -233,15 +244,21 @@ def _load(what: str, ref: str, fn):
         raise SampleError(f"cannot load the {what} from {ref}: {e}") from None
 
 
-def build_pipeline(refs: BaseRefs, transformer_dir: Path, torch_dtype):
-    """CogVideoXPipeline with the fine-tuned transformer and DPM (trailing) scheduling."""
+def build_pipeline(refs: BaseRefs, transformer_dir: Optional[Path], torch_dtype):
+    """CogVideoXPipeline with the fine-tuned transformer (None: the base one, for a LoRA
+    checkpoint whose adapters are loaded afterwards) and DPM (trailing) scheduling."""
     from diffusers import (AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXPipeline,
                            CogVideoXTransformer3DModel)
     from transformers import AutoTokenizer, T5EncoderModel
 
     low_mem = True  # accelerate is a dependency: build each model empty, then fill it from its files
-    transformer = _load("checkpoint transformer", str(transformer_dir), lambda: CogVideoXTransformer3DModel
-                        .from_pretrained(transformer_dir, torch_dtype=torch_dtype, low_cpu_mem_usage=low_mem))
+    if transformer_dir is None:
+        from train.model import load_transformer
+
+        transformer = _load("base transformer", refs.transformer, lambda: load_transformer(refs.transformer, torch_dtype))
+    else:
+        transformer = _load("checkpoint transformer", str(transformer_dir), lambda: CogVideoXTransformer3DModel
+                            .from_pretrained(transformer_dir, torch_dtype=torch_dtype, low_cpu_mem_usage=low_mem))
     vae = _load("VAE", refs.vae, lambda: AutoencoderKLCogVideoX.from_pretrained(
         refs.vae, subfolder="vae", torch_dtype=torch_dtype, low_cpu_mem_usage=low_mem))
     # `dtype=` is the transformers>=4.56 spelling; .to() covers older versions too.
@@ -361,11 +378,16 @@ def sample(opts: SampleOptions, log: Callable[[str], None] = print) -> SampleSum
         raise SampleError(f"--steps {opts.steps}: must be >= 1")
     if opts.fps < 1:
         raise SampleError(f"--fps {opts.fps}: must be >= 1")
-    transformer_dir, run_dir = find_transformer_dir(opts.checkpoint)
+    lora_dir = lora_checkpoint(opts.checkpoint)
+    if lora_dir is not None:  # adapters on top of the base transformer
+        transformer_dir, run_dir = None, lora_dir.parent
+    else:
+        transformer_dir, run_dir = find_transformer_dir(opts.checkpoint)
     run_cfg = load_run_config(run_dir)
     prompts = read_prompts(opts.prompts, opts.column, opts.caption_column, opts.limit)
     refs = resolve_base(opts.base, run_cfg, run_dir)
-    arch = check_architecture(transformer_dir, refs.transformer)
+    arch = (check_architecture(transformer_dir, refs.transformer) if transformer_dir is not None
+            else _base_transformer_config(refs.transformer))
     d_frames, d_height, d_width = default_geometry(run_cfg)
     frames, height, width = opts.frames or d_frames, opts.height or d_height, opts.width or d_width
     _check_geometry(frames, height, width, refs, arch)
@@ -375,7 +397,7 @@ def sample(opts: SampleOptions, log: Callable[[str], None] = print) -> SampleSum
             raise SampleError("--cpu-offload moves models between CPU and an accelerator; there is none here")
 
     settings = {
-        "checkpoint": str(transformer_dir), "base": asdict(refs), "steps": opts.steps,
+        "checkpoint": str(transformer_dir or lora_dir), "base": asdict(refs), "steps": opts.steps,
         "guidance": opts.guidance, "dynamic_cfg": opts.dynamic_cfg, "frames": frames, "height": height,
         "width": width, "fps": opts.fps, "dtype": dtype_name, "scheduler": "CogVideoXDPMScheduler/trailing",
         "max_sequence_length": int(arch.get("max_text_seq_length", 226)),
@@ -395,6 +417,8 @@ def sample(opts: SampleOptions, log: Callable[[str], None] = print) -> SampleSum
         return summary
 
     pipe = build_pipeline(refs, transformer_dir, torch_dtype)
+    if lora_dir is not None:
+        _load("LoRA adapters", str(lora_dir), lambda: pipe.load_lora_weights(str(lora_dir)))
     if opts.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
     else:
