@@ -243,6 +243,11 @@ class TrainConfig:
     strategy: str = "ddp"  # ddp | fsdp2 (with more than one worker)
     log_every: int = 1
     lora: LoraConfig = field(default_factory=LoraConfig)
+    validate_every: int = 500  # videos every N optimizer steps (0: never); docs/train.md "Validation videos"
+    validation_prompts: str = "bundled"  # a text file, one prompt a line; bundled: configs/validation_prompts.txt
+    validation_steps: int = 10  # denoising steps per video
+    validation_guidance: float = 6.0
+    validation_seed: int = 42  # prompt i uses seed + i, the same at every validation
 
     def validate(self) -> None:
         if self.mixed_precision not in {"bf16", "no"}:
@@ -255,7 +260,9 @@ class TrainConfig:
             raise ConfigError(f"train.data_streams={self.data_streams}: must be >= 1")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"train.betas={self.betas}: expected two numbers in [0, 1)")
-        for name in ("warmup_steps", "checkpoint_every", "max_steps", "num_workers"):
+        if self.validation_steps < 1:
+            raise ConfigError(f"train.validation_steps={self.validation_steps}: must be >= 1")
+        for name in ("warmup_steps", "checkpoint_every", "max_steps", "num_workers", "validate_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)}: must be >= 0")
         self.lora.validate()

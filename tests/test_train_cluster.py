@@ -45,7 +45,10 @@ def test_two_workers_from_relative_paths_resume_exactly_on_two_then_one_worker(s
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "ds").symlink_to(shards, target_is_directory=True)
     monkeypatch.chdir(tmp_path / "elsewhere")
-    args = ["--shards", "ds", "--out", "runs/x", "--strategy", strategy, *common]
+    (tmp_path / "prompts.txt").write_text("a ball rolls across the table\n")
+    validation = ["-o", "train.validate_every=2", "-o", "train.validation_steps=1",
+                  "-o", f"train.validation_prompts={tmp_path / 'prompts.txt'}"]  # must not change the steps
+    args = ["--shards", "ds", "--out", "runs/x", "--strategy", strategy, *common, *validation]
     code, output = _cli(*args, "--workers", 2, "--max-steps", 2)
     assert code == 0, output
     run = tmp_path / "elsewhere" / "runs" / "x"
@@ -65,6 +68,9 @@ def test_two_workers_from_relative_paths_resume_exactly_on_two_then_one_worker(s
     assert code == 0, output
     assert json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())["world_size"] == 1
 
+    for step in (2, 4):  # by 2 workers (FSDP2: every rank in each forward), then by 1
+        videos = json.loads((run / "validation" / f"step-{step}" / "prompts.json").read_text())["videos"]
+        assert [v["file"] for v in videos] == ["00_s42.mp4"]
     want, got = _losses(ref), _losses(run)
     assert sorted(got) == [1, 2, 3, 4]
     for step in range(1, 5):

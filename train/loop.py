@@ -65,6 +65,11 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
         raise FileNotFoundError(f"--resume: no checkpoint in {out}")
     if ckpt is not None and (ckpt / "transformer").is_dir():  # a LoRA checkpoint keeps the base
         cfg.models.student = str(ckpt / "transformer")
+    validator = None
+    if cfg.train.validate_every > 0:  # T5 runs (and is freed) before the student loads
+        from train.validate import Validator, embed_prompts
+
+        validator = Validator(cfg, out, dist, embed_prompts(cfg, out, dist))
     torch.manual_seed(cfg.seed)  # the same projector init on every rank and for every world size
     student = build_student(cfg)
     if student.projector is not None:
@@ -166,6 +171,11 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
             if (every > 0 and state["step"] % every == 0) or state["step"] == max_steps:
                 save_checkpoint(out, state["step"], model, optimizer, lr_scheduler, trainer_state(), dist,
                                 cfg.train.keep_last, lora=cfg.train.lora if cfg.train.lora.rank > 0 else None)
+            if validator is not None and validator.due(state["step"]):
+                folder = validator(state["step"], model, unwrap(model).transformer,
+                                   metrics.tb if metrics is not None else None)
+                if metrics is not None:
+                    metrics.message(f"step {state['step']}: validation videos in {folder}")
         final = trainer_state()
     finally:
         loader.close()
