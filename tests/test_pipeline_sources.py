@@ -276,3 +276,52 @@ def test_csv_reading_keeps_types_and_odd_cells(tmp_path):
     assert [it.extras["note"] for it in items] == ["x", None, "y"]
     (tmp_path / "clips.csv").write_text("video,caption,score\na.mp4,x,1.5\nb.mp4,y,nan\nc.mp4,z,3\n")
     assert [it.extras["score"] for it in list_clips(tmp_path)] == [1.5, None, 3.0]
+
+
+@pytest.mark.slow
+def test_openvid_root_with_sample_runs_and_reruns_as_a_resume(tmp_path):
+    """`tsa preprocess --src ROOT --sample N --where ...` on OpenVid's download layout: the
+    chosen list goes to OUT/subset.txt, a phone clip comes out upright, and the same command
+    (or --subset OUT/subset.txt) again resumes instead of being refused."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from cli import app
+    from pipeline.reader import open_output, read_sample
+    from pipeline.sample_clips import make_sample_clips
+    from pipeline.selection import sample_videos
+    from tests.test_pipeline_rotation import upright_frames, write_rotated
+
+    made = make_sample_clips(tmp_path / "made", n=3, seed=4, broken=False)
+    root = tmp_path / "openvid"
+    shutil.move(str(made / "videos"), str(root / "video"))
+    write_rotated(upright_frames(t=12), root / "video" / "phone.mp4", 90)
+    with open(made / "clips.csv") as f:
+        rows = list(csv.DictReader(f))
+    rows.append({"video": "phone.mp4", "caption": "a phone clip held upright", "aesthetic score": 5.0,
+                 "motion score": 1.0})
+    names = [r["video"] for r in rows]
+    write_csv(root / "data" / "train" / "OpenVid-1M.csv", rows, columns=list(rows[0]))
+    write_csv(root / "data" / "train" / "OpenVidHD.csv", rows[:2], columns=list(rows[0]))
+    seed = next(s for s in range(100) if "phone.mp4" in sample_videos(names, 3, s))
+    out = tmp_path / "out"
+    cmd = ["preprocess", "--src", str(root), "--out", str(out), "--config", "tiny", "-o",
+           "preprocess.samples_per_shard=2", "--where", "aesthetic score >= 0", "--sample", "3", "--seed", str(seed),
+           "--no-progress"]
+    runner = CliRunner()
+    res = runner.invoke(app, cmd)
+    assert res.exit_code == 0, res.output
+    chosen = [n for n in names if n in sample_videos(names, 3, seed)]  # CSV order
+    listed = [s for s in (out / "subset.txt").read_text().splitlines() if not s.startswith("#")]
+    assert listed == chosen
+    info = open_output(out)
+    assert [r["video"] for r in info.rows()] == chosen and {r["status"] for r in info.rows()} == {"ok"}
+    phone = read_sample(out, "phone")
+    assert phone["meta.json"]["rotation"] == 90 and phone["meta.json"]["source_size"] == [96, 160]
+    assert {r["key"]: (r["width"], r["height"]) for r in info.rows()}["phone"] == (96, 160)
+    before = {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
+    for again in (cmd, cmd[:cmd.index("--where")] + ["--subset", str(out / "subset.txt"), "--no-progress"]):
+        res = runner.invoke(app, again)
+        assert res.exit_code == 0 and "resuming: 3 of 3 clips" in res.output, res.output
+    assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == before
