@@ -110,15 +110,24 @@ def condition_mask(table, cond: Condition, where: str):
 
 
 def sample_videos(videos: list[str], n: int, seed: int) -> set[str]:
-    """The `n` distinct names with the smallest sha256(f"{seed}:{name}") (all when fewer)."""
+    """The `n` distinct names with the smallest sha256(f"{seed}:{name}") (all when fewer);
+    a tie of the 64-bit hash prefixes is broken by the name."""
+    import numpy as np
+
     if n < 0:
         raise SelectionError(f"--sample {n}: must be >= 0")
-    unique = set(videos)
+    unique = sorted(set(videos))
     if n >= len(unique):
-        return unique
+        return set(unique)
+    if n == 0:
+        return set()
     prefix = f"{seed}:".encode()
-    ranked = sorted(unique, key=lambda v: (hashlib.sha256(prefix + v.encode()).digest(), v))
-    return set(ranked[:n])
+    h = np.fromiter((int.from_bytes(hashlib.sha256(prefix + v.encode()).digest()[:8], "big") for v in unique),
+                    dtype=np.uint64, count=len(unique))
+    cut = np.partition(h, n - 1)[n - 1]
+    below = np.flatnonzero(h < cut)
+    at = np.flatnonzero(h == cut)[: n - len(below)]  # `unique` is sorted: ties go to the smaller name
+    return {unique[i] for i in np.concatenate([below, at])}
 
 
 def write_subset_file(out: str | Path, videos: list[str], header: str) -> Path:

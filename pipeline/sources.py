@@ -154,7 +154,7 @@ def _inside(path: str, folder: Path) -> bool:
 
 def _escapes(video: str) -> bool:
     """Absolute, or climbs out with `..`: never joined to a folder, never opened."""
-    return os.path.isabs(video) or ".." in Path(video).parts
+    return os.path.isabs(video) or ".." in video.split("/")
 
 
 def resolve_clip(dirs: list[Path], video: str) -> tuple[str, Optional[str]]:
@@ -190,59 +190,49 @@ def _csv_entries(layout: Layout, subset: Optional[set[str]], where: list[str], s
     import pyarrow.compute as pc
 
     conditions = [parse_condition(w) for w in where]
-    tables = []
-    candidates: list[tuple[int, int]] = []  # (csv number, row number), input order
-    total_rows = 0
-    for t, path in enumerate(layout.csvs):
-        table = read_csv_table(path)
-        tables.append(table)
-        total_rows += table.num_rows
+    tables = [read_csv_table(path) for path in layout.csvs]
+    keep = []  # per CSV: row numbers that pass, ascending (input order)
+    for path, table in zip(layout.csvs, tables):
         mask = pa.chunked_array([pa.array(np.ones(table.num_rows, dtype=bool))])
         if subset is not None:
             mask = pc.and_(mask, subset_mask(table["video"], subset))
         for cond in conditions:
             mask = pc.and_(mask, condition_mask(table, cond, str(path)))
-        keep = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
-        candidates.extend((t, int(r)) for r in keep)
-    if total_rows and not candidates and (subset is not None or conditions):
+        keep.append(np.flatnonzero(mask.to_numpy()))
+    total_rows = sum(t.num_rows for t in tables)
+    if total_rows and not any(len(k) for k in keep) and (subset is not None or conditions):
+        used = (["--subset"] if subset is not None else []) + [f"--where {c.text!r}" for c in conditions]
         raise SourceError(f"no row of {', '.join(str(p) for p in layout.csvs)} ({total_rows} rows) passes "
-                          f"{'--subset' if subset is not None else ''}{' and ' if subset is not None and conditions else ''}"
-                          f"{' and '.join(f'--where {c.text!r}' for c in conditions)}")
+                          f"{' and '.join(used)}")
     if sample is not None:
-        videos = _column_values(tables, candidates, "video")
-        chosen = sample_videos([v for v in videos if v], sample, seed)
+        videos = [t["video"].take(k) for t, k in zip(tables, keep)]
+        names = [v for col in videos for v in col.to_pylist() if v]
+        chosen = sample_videos(names, sample, seed)
         if len(chosen) < sample:
             log.warning("--sample %d: only %d distinct clips pass the filters; taking all of them", sample, len(chosen))
-        candidates = [c for c, v in zip(candidates, videos) if v in chosen]
+        chosen_set = pa.array(sorted(chosen), type=pa.string())
+        keep = [k[pc.fill_null(pc.is_in(v, value_set=chosen_set), False).to_numpy(zero_copy_only=False)]
+                for k, v in zip(keep, videos)]
     if limit is not None:
-        candidates = candidates[:limit]
+        left = limit
+        for i, k in enumerate(keep):
+            keep[i], left = k[:left], max(0, left - len(k))
 
-    by_table: dict[int, list[int]] = {}
-    for t, r in candidates:
-        by_table.setdefault(t, []).append(r)
-    picked = {t: iter(table_rows(tables[t], rs)) for t, rs in by_table.items()}
     entries = []
-    for t, _ in candidates:
-        row = next(picked[t])
-        name = layout.csvs[t].name
-        video, caption = row.pop("video"), row.pop("caption")
-        if not video:
-            entries.append({"video": "", "path": "", "caption": caption, "extras": row,
-                            "error": f"{name}: empty `video` cell"})
-            continue
-        clip, error = resolve_clip(layout.video_dirs, video)
-        if error is None and (caption is None or not caption.strip()):
-            error = f"{name}: empty caption"
-        entries.append({"video": video, "path": clip, "caption": caption, "extras": row, "error": error})
+    for path, table, k in zip(layout.csvs, tables, keep):
+        table = table.rename_columns([c if c in ("video", "caption") else extra_column_name(c)
+                                      for c in table.column_names])  # manifest names, once a column
+        for row in table_rows(table, k.tolist()):
+            video, caption = row.pop("video"), row.pop("caption")
+            if not video:
+                entries.append({"video": "", "path": "", "caption": caption, "extras": row,
+                                "error": f"{path.name}: empty `video` cell"})
+                continue
+            clip, error = resolve_clip(layout.video_dirs, video)
+            if error is None and (caption is None or not caption.strip()):
+                error = f"{path.name}: empty caption"
+            entries.append({"video": video, "path": clip, "caption": caption, "extras": row, "error": error})
     return entries
-
-
-def _column_values(tables, candidates: list[tuple[int, int]], column: str) -> list[Any]:
-    by_table: dict[int, list[int]] = {}
-    for t, r in candidates:
-        by_table.setdefault(t, []).append(r)
-    values = {t: iter(tables[t][column].take(rs).to_pylist()) for t, rs in by_table.items()}
-    return [next(values[t]) for t, _ in candidates]
 
 
 def _check_found(entries: list[dict[str, Any]], layout: Layout) -> None:
@@ -330,7 +320,7 @@ def _items(entries: list[dict[str, Any]]) -> list[ClipItem]:
     keys: set[str] = set()
     first_row: dict[str, int] = {}
     for i, e in enumerate(entries):
-        extras = {extra_column_name(str(k)): v for k, v in e["extras"].items()}
+        extras = e["extras"]  # already under their manifest names
         video = e["video"]
         key = base_key(video) if video else f"row_{i:08d}"
         status, error = ("failed", e["error"]) if e["error"] else ("ok", None)
