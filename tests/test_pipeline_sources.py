@@ -106,6 +106,10 @@ def test_todays_layouts_still_work(tmp_path):
     (folder / "sub" / "x.mp4").write_bytes(b"")
     (folder / "sub" / "x.txt").write_text("a caption\n")
     assert [(it.video, it.caption, it.status) for it in list_clips(folder)] == [("sub/x.mp4", "a caption", "ok")]
+    for i in range(9):
+        (folder / f"c{i}.mp4").write_bytes(b"")
+    drawn = [it.video for it in list_clips(folder, sample=4, seed=2)]
+    assert len(drawn) == 4 and drawn == sorted(drawn) and drawn == [it.video for it in list_clips(folder, sample=4, seed=2)]
 
 
 def test_not_one_clip_found_is_a_wrong_layout(tmp_path):
@@ -291,7 +295,7 @@ def test_openvid_root_with_sample_runs_and_reruns_as_a_resume(tmp_path):
     from pipeline.reader import open_output, read_sample
     from pipeline.sample_clips import make_sample_clips
     from pipeline.selection import sample_videos
-    from tests.test_pipeline_rotation import upright_frames, write_rotated
+    from test_pipeline_rotation import upright_frames, write_rotated  # pytest puts tests/ on sys.path
 
     made = make_sample_clips(tmp_path / "made", n=3, seed=4, broken=False)
     root = tmp_path / "openvid"
