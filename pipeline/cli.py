@@ -55,14 +55,25 @@ def print_summary(console: Console, r: RunResult) -> None:
 
 
 def preprocess(
-    src: Path = typer.Option(..., "--src", help="OpenVid-style folder (CSV files + videos/) or a folder of clips "
-                                                  "with same-named .txt captions."),
+    src: Optional[Path] = typer.Option(None, "--src", help="OpenVid root (data/train/*.csv + video/, as its download "
+                                                            "script writes it), a folder with CSV files + videos/, "
+                                                            "or a folder of clips with same-named .txt captions."),
     out: Path = typer.Option(..., "--out", help="Output folder (dataset.json, manifest.parquet, masks.h5, shards/)."),
     config: str = typer.Option("cogvideox2b_mtsa", "--config", "-c",
                                help="Config YAML or bundled name (cogvideox2b_mtsa, tiny)."),
     subset: Optional[Path] = typer.Option(None, "--subset", help="Keep only these `video` names (one per line, or a CSV "
                                                                   "with a video column)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Process only the first N clips (after --subset)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Process only the first N clips (after --subset, "
+                                                              "--where, --sample)."),
+    csv: Optional[list[Path]] = typer.Option(None, "--csv", help="CSV file with video and caption columns "
+                                                                 "(repeatable); instead of the CSVs found in --src."),
+    videos: Optional[Path] = typer.Option(None, "--videos", help="Folder of the clips named by the CSV `video` column."),
+    where: Optional[list[str]] = typer.Option(None, "--where", help='Keep CSV rows meeting COLUMN OP VALUE, e.g. '
+                                                                    '"motion score >= 2" (repeatable, ANDed; '
+                                                                    'OP: >= <= > < == !=).'),
+    sample: Optional[int] = typer.Option(None, "--sample", help="Draw N clips at random (deterministic, see --seed) "
+                                                                "after --subset/--where; writes OUT/subset.txt."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of --sample (default 0)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address",
                                               help="Ray cluster: `auto` or HOST:PORT. Default: local Ray in-process."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete a previous output in --out and start over."),
@@ -92,7 +103,10 @@ def preprocess(
     except ConfigError as e:
         console.print(f"[red]config error:[/] {e}", soft_wrap=True)
         raise typer.Exit(2)
-    if not src.is_dir():
+    if src is None and not csv:
+        console.print("[red]error:[/] give --src FOLDER, or --csv FILE with --videos DIR", soft_wrap=True)
+        raise typer.Exit(2)
+    if src is not None and not src.is_dir():
         console.print(f"[red]error:[/] --src {src}: not a folder", soft_wrap=True)
         raise typer.Exit(2)
     _quiet_ray_logs()
@@ -115,7 +129,8 @@ def preprocess(
     try:
         with bar:
             result = run_preprocess(src, out, cfg, subset=subset, limit=limit, ray_address=ray_address,
-                                    overwrite=overwrite, on_start=on_start, on_row=on_row)
+                                    overwrite=overwrite, on_start=on_start, on_row=on_row, csvs=csv, videos=videos,
+                                    where=where, sample=sample, seed=seed)
     except (OutputMismatch, PreprocessError, SourceError, ConfigError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}", soft_wrap=True)
         raise typer.Exit(2)

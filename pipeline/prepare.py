@@ -74,7 +74,7 @@ class Prepare:
             return self._failed(base, item, "failed", f"preprocessing: {clean_error(e)}")
         meta = {"caption": item["caption"], "source": item["video"], "frame_indices": clip.indices,
                 "fps": clip.fps, "num_source_frames": clip.num_source_frames,
-                "source_size": list(clip.source_size), "crop_box": list(clip.crop_box)}
+                "source_size": list(clip.source_size), "crop_box": list(clip.crop_box), "rotation": clip.rotation}
         return {**base, "ok": True, "row_json": json.dumps(manifest_row(item, "ok", None, clip)),
                 "meta_json": json.dumps(meta), "frames": clip.frames,
                 "teacher_in": normalized[0].numpy(), "motion": motion[0].numpy(), "mask": mask[0].numpy(),

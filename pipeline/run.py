@@ -27,7 +27,7 @@ from pipeline.dataset_info import (
     read_dataset_info,
 )
 from pipeline.layout import DATASET_JSON, MANIFEST, MASKS, SHARDS_DIR, TMP_SUFFIX, shard_marker, shard_of
-from pipeline.sources import ClipItem, list_clips
+from pipeline.sources import ClipItem, select_inputs
 from pipeline.writer import ShardWriter, remove_partial_shards, write_json_atomic
 
 
@@ -239,9 +239,10 @@ def clip_list_fingerprint(items: list[ClipItem]) -> str:
 def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Optional[str | Path] = None,
                    limit: Optional[int] = None, ray_address: Optional[str] = None, overwrite: bool = False,
                    on_start: Optional[Callable[[int, int], None]] = None,
-                   on_row: Optional[Callable[[dict[str, Any]], None]] = None) -> RunResult:
+                   on_row: Optional[Callable[[dict[str, Any]], None]] = None, **inputs: Any) -> RunResult:
     """Preprocess the clips in `src` into `out`. `cfg` is used with its model refs as written
-    (e.g. `tiny`); they are resolved for hashing here and inside each actor.
+    (e.g. `tiny`); they are resolved for hashing here and inside each actor. `inputs`: the other
+    input options of `pipeline.sources.select_inputs` (csvs, videos, where, sample, seed).
 
     `on_start(todo_clips, total_clips)` and `on_row(manifest_row)` drive a progress display.
     """
@@ -252,13 +253,15 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
     from pipeline.model_refs import model_records, vae_scaling_factor
 
     out = Path(out)
-    items = list_clips(src, subset=subset, limit=limit)
+    selection = select_inputs(src, subset=subset, limit=limit, **inputs)
+    items = selection.items
     resolved = resolve_tiny(copy.deepcopy(cfg))
     models = model_records(cfg, resolved)
     info = build_dataset_info(cfg, models=models, num_clips=len(items),
                               inputs_fp=clip_list_fingerprint(items),
-                              scaling_factor=vae_scaling_factor(resolved), source=str(Path(src).resolve()))
+                              scaling_factor=vae_scaling_factor(resolved), source=selection.source)
     removed = prepare_output(out, info, overwrite)
+    selection.write_subset(out)
     sps = cfg.preprocess.samples_per_shard
     n_shards = info["num_shards"]
     done = {s for s in range(n_shards) if shard_marker(out, s).exists()}
