@@ -18,15 +18,17 @@ CONFIG_FILE = "config.yaml"
 TEACHER_IN_SHARDS = "not-used-by-tsa-train"
 
 
-def prepare_job(shards: Path, out: Path, config: Optional[str], overrides: list[str], *, resume: bool = False,
+def prepare_job(shards: str | Path, out: Path, config: Optional[str], overrides: list[str], *, resume: bool = False,
                 max_steps: Optional[int] = None, checkpoint_every: Optional[int] = None,
                 skip_bad_samples: bool = False) -> tuple[TrainJob, Config]:
     """The run's config (written to OUT/config.yaml with model refs as given, e.g. `tiny`)
     and the job with model refs resolved to loadable paths."""
     from configs.tiny_models import resolve_tiny
     from train.checkpoint import latest_checkpoint
+    from train.dataset_check import probe_dataset
 
     out = Path(out)
+    shards = probe_dataset(shards)  # absolute path or URL; unreadable shards stop before anything is written
     saved = out / CONFIG_FILE
     if resume:
         if config is not None:
@@ -55,7 +57,7 @@ def prepare_job(shards: Path, out: Path, config: Optional[str], overrides: list[
     tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     os.replace(tmp, saved)
     resolved = resolve_tiny(config_from_dict(cfg.to_dict()))
-    job = TrainJob(config=resolved.to_dict(), shards=str(shards), out=str(out), resume=resume)
+    job = TrainJob(config=resolved.to_dict(), shards=shards, out=str(out), resume=resume)
     return job, cfg
 
 
@@ -78,7 +80,8 @@ def _config_restored_on_failure(out: Path, resume: bool):
 
 
 def train_command(
-    shards: Path = typer.Option(..., "--shards", help="Output folder of `tsa preprocess` (holds dataset.json)."),
+    shards: str = typer.Option(..., "--shards", help="Output folder of `tsa preprocess` (holds dataset.json): a "
+                               "path, or s3://bucket/prefix, gs://bucket/prefix (docs/storage.md)."),
     out: Path = typer.Option(..., "--out", help="Run folder: config.yaml, checkpoint-N/, metrics.jsonl, tensorboard/."),
     config: Optional[str] = typer.Option(None, "--config", help="YAML file or bundled name (tiny, "
                                          "cogvideox2b_mtsa, ablations/...); default: paper defaults."),
