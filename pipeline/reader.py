@@ -123,8 +123,8 @@ class OutputInfo:
         try:
             raw = self.store.read_bytes(ds)
         except NotFound as e:
-            why = f": {e}" if is_url(self.root) else ""  # e.g. the bucket does not exist
-            raise NotAnOutput(f"{self.root} is not a tsa preprocess output (no {DATASET_JSON}{why})") from None
+            why = str(e) if is_url(self.root) else f"no {DATASET_JSON}"  # a URL's may be: no such bucket
+            raise NotAnOutput(f"{self.root} is not a tsa preprocess output ({why})") from None
         try:
             self.dataset: dict[str, Any] = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -222,7 +222,8 @@ class RemoteStore(Store):
         if isinstance(e, PermissionError):
             return StorageError(f"{path}: access denied ({reason}); {_HINTS.get(protocol, '')}".rstrip("; "))
         if isinstance(e, FileNotFoundError):
-            return NotFound(f"{path}: not found ({reason})")
+            detail = "" if reason in (path, self._key(path)) else f" ({reason})"  # e.g. no such bucket
+            return NotFound(f"{path}: not found{detail}")
         return StorageError(f"{path}: cannot read ({type(e).__name__}: {reason})")
 
     def read_bytes(self, path: str) -> bytes:

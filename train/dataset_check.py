@@ -62,9 +62,9 @@ def _open(path: str | Path) -> OutputInfo:
                 raise
             return open_output(parent(location))
     except NotAnOutput as e:
-        raise DatasetMismatch(f"--shards {path}: {e}") from None
+        raise DatasetMismatch(f"--shards: {e}") from None
     except StorageError as e:
-        raise DataError(f"--shards {path}: {e}") from None
+        raise DataError(f"--shards: {e}") from None
 
 
 def probe_dataset(path: str | Path) -> str:
