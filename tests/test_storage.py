@@ -102,6 +102,10 @@ def test_train_on_s3_matches_local_and_resumes_exactly(remote, local, tmp_path):
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     for key in ("loss", "loss_diffusion", "loss_align", "grad_norm"):
         assert [r[key] for r in b] == [r[key] for r in a], key  # the same samples, noise and order
+    # The data position counts references, not places: a run started on a local copy resumes on S3.
+    _train(local, tmp_path / "moved", "train.max_steps=2", "train.checkpoint_every=2")
+    _train(remote, tmp_path / "moved", "train.max_steps=4", resume=True)
+    assert [r["loss"] for r in read_metrics(tmp_path / "moved")] == [r["loss"] for r in a]
 
 
 def test_cli_train_and_view_on_s3(remote, local, tmp_path):
