@@ -48,6 +48,17 @@ def main() -> None:
         print(f"{args.samples} samples ({mb / args.samples:.1f} MB a sample) in "
               f"{args.samples // args.samples_per_shard} shards; upload to {s3.endpoint} "
               f"{time.perf_counter() - t:.1f} s")
+        # The server's own ceiling: plain boto3 GETs of each sample's byte range, one after another.
+        info = open_dataset(url)
+        client, bucket = s3.s3, url[len("s3://"):].split("/", 1)[0]
+        spans = [(r.shard[len("s3://") + len(bucket) + 1:], min(o for _, o, _ in r.entry) - 512,
+                  max(o + n for _, o, n in r.entry)) for refs in info.shard_refs for r in refs]
+        t = time.perf_counter()
+        for key, start, end in spans:
+            client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")["Body"].read()
+        dt = time.perf_counter() - t
+        print(f"s3    server ceiling (boto3 ranged GET of each whole sample, sequential): {len(spans) / dt:.1f} "
+              f"samples/s")
         for where, shards in (("local", str(local)), ("s3", url)):
             t = time.perf_counter()
             info = open_dataset(shards)
