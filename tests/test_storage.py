@@ -189,8 +189,8 @@ def test_a_missing_extra_is_one_line_naming_it():
 
 def test_relative_local_paths_work_from_another_directory(local, tmp_path, monkeypatch):
     monkeypatch.chdir(local.parent)
-    job, _ = prepare_job(local.name, tmp_path / "run", "tiny", [])
-    assert job.shards == str(local)  # absolute: Ray workers run in another directory
+    job, _ = prepare_job(local.name, "run-relative", "tiny", [])
+    assert (job.shards, job.out) == (str(local), str(local.parent / "run-relative"))  # as Ray workers need
     code, output = _cli("view", "--shards", local.name, "--key", open_output(local).keys[0],
                         "--out", tmp_path / "c.png")
     assert code == 0, output

@@ -57,7 +57,8 @@ def prepare_job(shards: str | Path, out: Path, config: Optional[str], overrides:
     tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     os.replace(tmp, saved)
     resolved = resolve_tiny(config_from_dict(cfg.to_dict()))
-    job = TrainJob(config=resolved.to_dict(), shards=shards, out=str(out), resume=resume)
+    # Absolute: Ray Train workers run in another working directory.
+    job = TrainJob(config=resolved.to_dict(), shards=shards, out=str(out.resolve()), resume=resume)
     return job, cfg
 
 
