@@ -88,15 +88,8 @@ class Store:
         """Bytes [start, end) of `path` for each range; a short result means the file ends there."""
         raise NotImplementedError
 
-    def exists(self, path: str) -> bool:
-        raise NotImplementedError
-
     def list_sizes(self, folder: str) -> dict[str, int]:
         """File name -> size in bytes of the files directly in `folder` ({} if it is absent)."""
-        raise NotImplementedError
-
-    def open(self, path: str):
-        """A binary file object with seek/read (h5py, pyarrow)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -143,9 +136,6 @@ class LocalStore(Store):
         fd = self._fd(path)
         return [os.pread(fd, end - start, start) for start, end in ranges]
 
-    def exists(self, path: str) -> bool:
-        return os.path.isfile(path)
-
     def list_sizes(self, folder: str) -> dict[str, int]:
         try:
             with os.scandir(folder) as it:
@@ -154,9 +144,6 @@ class LocalStore(Store):
             return {}
         except OSError as e:
             raise StorageError(f"{folder}: cannot list ({e.strerror})") from None
-
-    def open(self, path: str):
-        return open(path, "rb")
 
     def close(self) -> None:
         if self._pid == os.getpid():
@@ -258,14 +245,6 @@ class RemoteStore(Store):
         except Exception as e:
             raise self._error(path, e) from None
 
-    def exists(self, path: str) -> bool:
-        try:
-            return bool(self.fs.isfile(self._key(path)))
-        except FileNotFoundError:
-            return False
-        except Exception as e:
-            raise self._error(path, e) from None
-
     def list_sizes(self, folder: str) -> dict[str, int]:
         try:
             entries = self.fs.ls(self._key(folder), detail=True, refresh=True)
@@ -275,12 +254,6 @@ class RemoteStore(Store):
             raise self._error(folder, e) from None
         return {posixpath.basename(e["name"].rstrip("/")): int(e["size"]) for e in entries
                 if e.get("type") == "file"}
-
-    def open(self, path: str):
-        try:
-            return self.fs.open(self._key(path), "rb")
-        except Exception as e:
-            raise self._error(path, e) from None
 
     def close(self) -> None:
         self._fs = None

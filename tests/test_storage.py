@@ -4,11 +4,13 @@ resume, clear errors for a missing bucket, bad credentials, a truncated shard an
 extra, and relative local paths."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -16,8 +18,10 @@ from cli import app
 from configs import load_config
 from pipeline.reader import open_output, read_marker
 from pipeline.synthetic import make_synthetic_dataset
-from pipeline.storage import RemoteStore, is_url, resolve
+from pipeline.storage import RemoteStore, is_url, ranges_for, resolve
 from train.command import prepare_job
+from train.data import RankLoader
+from train.dataset_check import open_dataset
 from train.launch import launch
 from train.metrics import read_metrics
 
@@ -91,6 +95,24 @@ def test_a_sample_is_read_with_byte_ranges_not_the_whole_tar(remote, local, monk
     first = min(entry[n][0] for n in names) - 512
     last = max(entry[n][0] + entry[n][1] for n in names)
     assert ranges == [(first, last)] and last - first < tar.stat().st_size / 2
+
+
+def test_merged_ranges():
+    assert ranges_for([(600, 900), (0, 500), (5000, 6000)], max_gap=100) == [(0, 900), (5000, 6000)]
+    assert ranges_for([(0, 500), (500, 900)], max_gap=0) == [(0, 900)]
+
+
+def test_dataloader_workers_read_s3_like_local(remote, local):
+    """Each worker process opens its own S3 filesystem (an fsspec one cannot cross a fork)."""
+    cfg = load_config("tiny", ["train.data_streams=2", "train.num_workers=2"])
+    from_s3 = RankLoader(open_dataset(remote), cfg, 0, 1)
+    assert from_s3.workers == 2
+    a = [from_s3.next_item() for _ in range(6)]
+    from_s3.close()
+    loader = RankLoader(open_dataset(local), load_config("tiny"), 0, 1)
+    b = [loader.next_item() for _ in range(6)]
+    assert [x["key"] for x in a] == [y["key"] for y in b]
+    assert all(torch.equal(x["teacher"], y["teacher"]) and torch.equal(x["latent"], y["latent"]) for x, y in zip(a, b))
 
 
 def test_train_on_s3_matches_local_and_resumes_exactly(remote, local, tmp_path):
@@ -175,11 +197,8 @@ def test_truncated_shard_is_found_before_step_one(server, local, tmp_path, where
 
 
 def test_a_missing_extra_is_one_line_naming_it():
-    try:
-        import gcsfs  # noqa: F401
+    if importlib.util.find_spec("gcsfs") is not None:
         pytest.skip("gcsfs is installed")
-    except ImportError:
-        pass
     code, output = _cli("view", "--shards", "gs://bucket/ds", "--key", "k", "--out", "/nonexistent/x.png")
     assert code == 1
     # (the runner's output holds stderr twice: mixed into output and on its own)
