@@ -24,11 +24,11 @@ def prepare_job(shards: str | Path, out: Path, config: Optional[str], overrides:
     """The run's config (written to OUT/config.yaml with model refs as given, e.g. `tiny`)
     and the job with model refs resolved to loadable paths."""
     from configs.tiny_models import resolve_tiny
+    from pipeline.storage import resolve
     from train.checkpoint import latest_checkpoint
-    from train.dataset_check import probe_dataset
 
     out = Path(out)
-    shards = probe_dataset(shards)  # absolute path or URL; unreadable shards stop before anything is written
+    shards = resolve(shards)  # an absolute path or the URL: Ray Train workers run in another directory
     saved = out / CONFIG_FILE
     if resume:
         if config is not None:
@@ -100,7 +100,7 @@ def train_command(
 ) -> None:
     """Fine-tune CogVideoX with diffusion + alignment loss from preprocessed shards."""
     from train.checkpoint import CheckpointMismatch
-    from train.dataset_check import DatasetMismatch
+    from train.dataset_check import DatasetMismatch, probe_dataset
     from train.launch import TrainError, launch
     from train.loop import NonFiniteLoss
     from train.model import ModelError
@@ -110,6 +110,7 @@ def train_command(
         with _config_restored_on_failure(out, resume):
             if strategy is not None:
                 override = [*override, f"train.strategy={strategy}"]
+            probe_dataset(shards)  # a missing bucket, bad credentials, no dataset.json: before anything is written
             job, cfg = prepare_job(shards, out, config, override, resume=resume, max_steps=max_steps,
                                    checkpoint_every=checkpoint_every, skip_bad_samples=skip_bad_samples)
             state = launch(job, workers=workers, strategy=cfg.train.strategy, ray_address=ray_address)
