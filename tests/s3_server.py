@@ -43,10 +43,14 @@ class S3Server:
                     self.stop()
                     raise RuntimeError(f"moto server did not start on port {self.port}")
                 time.sleep(0.1)
-        iam = self._client("iam", "setup", "setup")
-        iam.create_user(UserName="tsa")
-        iam.put_user_policy(UserName="tsa", PolicyName="all", PolicyDocument=ALLOW_ALL)
-        key = iam.create_access_key(UserName="tsa")["AccessKey"]
+        try:
+            iam = self._client("iam", "setup", "setup")
+            iam.create_user(UserName="tsa")
+            iam.put_user_policy(UserName="tsa", PolicyName="all", PolicyDocument=ALLOW_ALL)
+            key = iam.create_access_key(UserName="tsa")["AccessKey"]
+        except BaseException:
+            self.stop()  # no server left behind when the set-up fails
+            raise
         self.key_id, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
 
     def _client(self, service: str, key_id: str, secret: str):
