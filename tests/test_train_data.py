@@ -1,5 +1,6 @@
 """Trainer data: global order, DataLoader workers, exact resume, dequantisation, masks,
 corrupt shards and dataset.json checks, on shards written by the real writer."""
+import re
 import shutil
 
 import numpy as np
@@ -180,16 +181,35 @@ def test_nan_motion_stops_naming_shard_and_key(broken, victim):
     assert bad >= 2 and victim not in {it["key"] for it in items}
 
 
-def test_truncated_tar_stops_naming_shard_and_key(broken):
-    tar = broken / "shards" / "shard-000001.tar"
-    index = read_marker(broken, 1)["index"]
+def _truncate_last_sample(root, shard):
+    tar = root / "shards" / f"shard-{shard:06d}.tar"
+    index = read_marker(root, shard)["index"]
     last_key = max(index, key=lambda k: max(off for off, _ in index[k].values()))
+    end = max(off + size for off, size in index[last_key].values())
     with open(tar, "r+b") as f:
         f.truncate(index[last_key]["text.npy"][0] + 10)
+    return tar, last_key, end
+
+
+def test_truncated_shard_stops_before_step_one_even_when_skipping_bad_samples(broken):
+    tar, _, end = _truncate_last_sample(broken, 1)
+    size = tar.stat().st_size
+    for skip in ("false", "true"):
+        with pytest.raises(DataError, match=rf"1 truncated shard\(s\): {re.escape(str(tar))}: {size} bytes, but its marker "
+                                            rf"shard-000001.json records members up to byte {end}"):
+            _drain(broken, 16, f"train.skip_bad_samples={skip}")
+
+
+def test_shard_truncated_during_the_run_stops_naming_shard_and_key(broken):
+    info = open_dataset(broken)  # sizes checked here; the shard is cut afterwards
+    _, last_key, _ = _truncate_last_sample(broken, 1)
+    cfg = _cfg("train.data_streams=1", "train.shuffle_buffer=0")
     with pytest.raises(DataError, match=rf"shard-000001.tar: sample '{last_key}' member .* shard is truncated"):
-        _drain(broken, 16)
-    items, bad = _drain(broken, 16, "train.skip_bad_samples=true")
-    assert bad >= 2 and last_key not in {it["key"] for it in items}
+        _items(RankLoader(info, cfg, 0, 1), 16)
+    loader = RankLoader(info, _cfg("train.data_streams=1", "train.shuffle_buffer=0", "train.skip_bad_samples=true"),
+                        0, 1)
+    items = _items(loader, 16)
+    assert loader.bad_samples >= 2 and last_key not in {it["key"] for it in items}
 
 
 def test_tar_rewritten_behind_its_marker_is_caught(broken):
@@ -231,7 +251,7 @@ def test_shards_without_samples_are_left_out(broken):
 def test_unusable_folders_and_stream_counts_are_named(tmp_path, shards):
     with pytest.raises(DatasetMismatch, match="no dataset.json"):
         open_dataset(tmp_path)
-    assert open_dataset(shards / "shards").root == shards  # the shards/ subfolder is accepted
+    assert open_dataset(shards / "shards").root == str(shards)  # the shards/ subfolder is accepted
     info = open_dataset(shards)
     with pytest.raises(ConfigError, match="train.data_streams=3 must be a multiple of the number of workers"):
         RankLoader(info, _cfg("train.data_streams=3"), 0, 2)

@@ -10,6 +10,7 @@ import typer
 import yaml
 
 from configs.schema import REQUIRED, Config, ConfigError, load_config
+from pipeline.storage import is_url, resolve
 from train.loop import TrainJob
 
 CONFIG_FILE = "config.yaml"
@@ -21,17 +22,6 @@ TEACHER_IN_SHARDS = "not-used-by-tsa-train"
 MODEL_REFS = ("student", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-def is_url(ref: str) -> bool:
-    """`s3://bucket/x`, `gs://...`: object-storage locations, never resolved against the cwd."""
-    return "://" in str(ref)
-
-
-def absolute_path(ref: str | Path) -> str:
-    """A user path as every worker must see it: local paths absolute (Ray Train runs each worker
-    in a folder of its own, so a relative path would name another place there); URLs as given."""
-    return str(ref) if is_url(str(ref)) else str(Path(ref).expanduser().resolve())
-
-
 def absolute_model_refs(cfg: Config) -> Config:
     """Model refs that name an existing local file or folder become absolute paths (in place);
     hub ids, `tiny` and URLs stay as written."""
@@ -39,10 +29,10 @@ def absolute_model_refs(cfg: Config) -> Config:
     for name in MODEL_REFS:
         ref = getattr(m, name)
         if not is_url(ref) and Path(ref).expanduser().exists():
-            setattr(m, name, absolute_path(ref))
+            setattr(m, name, resolve(ref))
     ckpt = m.teacher.checkpoint
     if not is_url(ckpt) and Path(ckpt).expanduser().exists():
-        m.teacher.checkpoint = absolute_path(ckpt)
+        m.teacher.checkpoint = resolve(ckpt)
     return cfg
 
 
@@ -90,7 +80,7 @@ def prepare_job(shards: Path | str, out: Path | str, config: Optional[str], over
     sees the same places whatever its working folder."""
     from train.checkpoint import latest_checkpoint
 
-    out = Path(absolute_path(out))
+    out = Path(resolve(out))
     saved = out / CONFIG_FILE
     extra = list(overrides)
     if max_steps is not None:
@@ -117,7 +107,7 @@ def prepare_job(shards: Path | str, out: Path | str, config: Optional[str], over
     os.replace(tmp, saved)
     # `tiny` refs stay unresolved: each worker builds the (bit-identical) tiny models in its own
     # cache, so no worker depends on a path that exists only on the driver's machine.
-    job = TrainJob(config=cfg.to_dict(), shards=absolute_path(shards), out=str(out), resume=resume)
+    job = TrainJob(config=cfg.to_dict(), shards=resolve(shards), out=str(out), resume=resume)
     return job, cfg
 
 
@@ -140,7 +130,8 @@ def _config_restored_on_failure(out: Path, resume: bool):
 
 
 def train_command(
-    shards: Path = typer.Option(..., "--shards", help="Output folder of `tsa preprocess` (holds dataset.json)."),
+    shards: str = typer.Option(..., "--shards", help="Output folder of `tsa preprocess` (holds dataset.json): a "
+                               "path, or s3://bucket/prefix, gs://bucket/prefix (docs/storage.md)."),
     out: Path = typer.Option(..., "--out", help="Run folder: config.yaml, checkpoint-N/, metrics.jsonl, tensorboard/."),
     config: Optional[str] = typer.Option(None, "--config", help="YAML file or bundled name (tiny, "
                                          "cogvideox2b_mtsa, ablations/...); default: paper defaults."),
@@ -158,7 +149,7 @@ def train_command(
 ) -> None:
     """Fine-tune CogVideoX with diffusion + alignment loss from preprocessed shards."""
     from train.checkpoint import CheckpointMismatch
-    from train.dataset_check import DatasetMismatch
+    from train.dataset_check import DatasetMismatch, probe_dataset
     from train.launch import TrainError, launch
     from train.loop import NonFiniteLoss
     from train.model import ModelError
@@ -169,6 +160,7 @@ def train_command(
         with _config_restored_on_failure(out, resume):
             if strategy is not None:
                 override = [*override, f"train.strategy={strategy}"]
+            probe_dataset(shards)  # a missing bucket, bad credentials, no dataset.json: before anything is written
             job, cfg = prepare_job(shards, out, config, override, resume=resume, max_steps=max_steps,
                                    checkpoint_every=checkpoint_every, skip_bad_samples=skip_bad_samples)
             state = launch(job, workers=workers, strategy=cfg.train.strategy, ray_address=ray_address)

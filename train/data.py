@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from configs.schema import Config, ConfigError
+from pipeline.storage import open_store
 from train.dataset_check import DatasetInfo, needed_members, uses_stored_mask
 from train.shards import DataError, SampleReader, refs_per_epoch, shuffled_refs
 
@@ -122,11 +123,11 @@ class StreamDataset(IterableDataset):
 
     def _stream(self, v: int, reader: SampleReader) -> Iterator[dict[str, Any]]:
         st = self.start.get(v, StreamState())
-        refs = shuffled_refs(self.info.shards, v, self.num_streams, self.seed, self.buffer)
+        refs = shuffled_refs(self.info.shard_refs, v, self.num_streams, self.seed, self.buffer)
         for _ in range(st.next_ref):  # replay the references already used: no tar is read
             next(refs)
         i, good, bad = st.next_ref, st.next_good, []
-        epoch = refs_per_epoch(self.info.shards, v, self.num_streams)
+        epoch = refs_per_epoch(self.info.shard_refs, v, self.num_streams)
         for ref in refs:
             try:
                 arrays = reader.read(ref, self.names)
@@ -150,7 +151,8 @@ class StreamDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         w = get_worker_info()
         mine = self.streams if w is None else self.streams[w.id::w.num_workers]
-        reader = SampleReader({n: self.info.spec(n) for n in self.names})
+        # Its own store: descriptors or an fsspec filesystem of this process (a DataLoader worker).
+        reader = SampleReader({n: self.info.spec(n) for n in self.names}, open_store(self.info.root))
         try:
             iters = [self._stream(v, reader) for v in mine]
             while True:

@@ -4,12 +4,13 @@ Every mismatch names both values: what the shards hold and what the model/config
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from configs.schema import Config
+from pipeline.reader import DataError, NotAnOutput, OutputInfo, SampleRef, open_output
+from pipeline.storage import StorageError, basename, join, parent, resolve
 
 
 class DatasetMismatch(ValueError):
@@ -18,9 +19,10 @@ class DatasetMismatch(ValueError):
 
 @dataclass
 class DatasetInfo:
-    root: Path  # the preprocess output folder (holds dataset.json and shards/)
+    root: str  # the preprocess output (absolute path or URL; holds dataset.json and shards/)
     meta: dict[str, Any]  # parsed dataset.json
-    shards: list[str]  # complete shard tars, in shard order
+    shards: list[str]  # complete shard tars with samples, in shard order
+    shard_refs: list[tuple[SampleRef, ...]]  # the samples of each of `shards`, from its marker
 
     @property
     def latents(self) -> str:
@@ -38,26 +40,50 @@ class DatasetInfo:
     def scaling_factor(self) -> float:
         return float(self.meta["scaling_factor"])
 
+    @property
+    def dataset_json(self) -> str:
+        return join(self.root, "dataset.json")
+
     def spec(self, member: str) -> tuple[str, tuple[int, ...]]:
         m = self.meta["members"][member]
         return m["dtype"], tuple(m["shape"])
 
 
-def open_dataset(path: str | Path) -> DatasetInfo:
-    """The preprocess output at `path` (or its parent, when `path` is its shards/ folder)."""
-    from pipeline.layout import DATASET_JSON, FORMAT_VERSION, SHARDS_DIR
-    from pipeline.reader import iter_shard_paths
+def _open(path: str | Path) -> OutputInfo:
+    """The output at `path`, or at its parent when `path` is its shards/ folder."""
+    from pipeline.layout import SHARDS_DIR
 
-    root = Path(path)
-    if not (root / DATASET_JSON).is_file() and root.name == SHARDS_DIR and (root.parent / DATASET_JSON).is_file():
-        root = root.parent
-    ds = root / DATASET_JSON
-    if not ds.is_file():
-        raise DatasetMismatch(f"--shards {path}: no {DATASET_JSON} (expected the output folder of tsa preprocess)")
     try:
-        meta = json.loads(ds.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DatasetMismatch(f"{ds}: not readable JSON ({e})") from None
+        try:
+            return open_output(path)
+        except NotAnOutput:
+            location = resolve(path)
+            if basename(location) != SHARDS_DIR:
+                raise
+            return open_output(parent(location))
+    except NotAnOutput as e:
+        raise DatasetMismatch(f"--shards: {e}") from None
+    except StorageError as e:
+        raise DataError(f"--shards: {e}") from None
+
+
+def probe_dataset(path: str | Path) -> str:
+    """The resolved location of the output at `path` (absolute path or URL), after reading its
+    dataset.json: a missing bucket, bad credentials or a folder that is not an output are
+    reported before anything is written."""
+    out = _open(path)
+    out.close()
+    return out.root
+
+
+def open_dataset(path: str | Path) -> DatasetInfo:
+    """The preprocess output at `path` (or its parent, when `path` is its shards/ folder), with
+    every complete shard's marker read and its size checked (a truncated shard stops here,
+    before step 1, even with --skip-bad-samples: docs/storage.md)."""
+    from pipeline.layout import FORMAT_VERSION, SHARDS_DIR
+
+    out = _open(path)
+    meta, ds = out.dataset, out.where("dataset.json")
     needed = ["format_version", "geometry", "latents", "teacher_dtype", "mask_ratio", "members"]
     missing = [k for k in needed if k not in meta]
     if missing:
@@ -65,14 +91,18 @@ def open_dataset(path: str | Path) -> DatasetInfo:
     if meta["format_version"] != FORMAT_VERSION:
         raise DatasetMismatch(f"{ds}: format_version={meta['format_version']}, this trainer reads "
                               f"format_version={FORMAT_VERSION}")
-    from train.shards import shard_refs
-
+    try:
+        out.check_sizes()
+    except StorageError as e:
+        raise DataError(str(e)) from None
     # A shard whose clips all failed has a marker but no sample; data streams skip it.
-    shards = [str(p) for p in iter_shard_paths(root) if shard_refs(str(p))]
-    if not shards:
-        raise DatasetMismatch(f"{root / SHARDS_DIR}: no complete shard with samples (a shard is complete "
+    refs = [(tar, out.refs(s)) for tar, s in zip(out.shards, out.shard_ids)]
+    refs = [(tar, r) for tar, r in refs if r]
+    out.close()
+    if not refs:
+        raise DatasetMismatch(f"{out.where(SHARDS_DIR)}: no complete shard with samples (a shard is complete "
                               "when its .json marker exists)")
-    return DatasetInfo(root=root, meta=meta, shards=shards)
+    return DatasetInfo(root=out.root, meta=meta, shards=[t for t, _ in refs], shard_refs=[r for _, r in refs])
 
 
 def needed_members(info: DatasetInfo, cfg: Config) -> list[str]:
@@ -97,7 +127,7 @@ def uses_stored_mask(info: DatasetInfo, cfg: Config) -> bool:
 def check_dataset(info: DatasetInfo, cfg: Config, projector_grid: tuple[int, int, int] | None = None,
                   projector_dim: int | None = None) -> None:
     """Raise DatasetMismatch if the shards cannot feed this config's student and projector."""
-    ds = info.root / "dataset.json"
+    ds = info.dataset_json
     geo = info.meta["geometry"]
     g = cfg.geometry
 

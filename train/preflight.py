@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 
 from configs.schema import Config
+from pipeline.storage import is_url
 from train.distributed import Dist
 
 PROBE = ".tsa-storage-probe-rank{rank}"
@@ -36,12 +37,12 @@ def _local_model_paths(cfg: Config) -> list[tuple[str, Path]]:
     """(config key, path) of the model refs `tsa train` loads that are local paths (absolute
     after train.command.absolute_model_refs); hub ids and URLs are left to their loaders."""
     refs = [("models.student", cfg.models.student), ("models.scheduler", cfg.models.scheduler)]
-    return [(k, Path(v)) for k, v in refs if "://" not in v and Path(v).is_absolute()]
+    return [(k, Path(v)) for k, v in refs if not is_url(v) and Path(v).is_absolute()]
 
 
 def _read_errors(shards: str, cfg: Config) -> list[str]:
     errors = []
-    if "://" not in shards:
+    if not is_url(shards):
         root = Path(shards)
         info = root / "dataset.json" if (root / "dataset.json").exists() else root.parent / "dataset.json"
         try:

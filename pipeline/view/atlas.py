@@ -3,11 +3,15 @@ without touching the tars."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import numpy as np
 
+from pipeline.storage import is_url
 from pipeline.view.maps import ViewError
+
+if TYPE_CHECKING:
+    from pipeline.reader import OutputInfo
 
 MASKS_FILE = "masks.h5"
 CHUNK = 4096  # rows per h5 read when scanning motion for means
@@ -39,9 +43,14 @@ class MaskAtlas:
         self.index = {str(k): i for i, k in enumerate(keys)}
 
     @classmethod
-    def open_if_present(cls, out: Path, grid: tuple[int, int, int]) -> Optional["MaskAtlas"]:
-        """The atlas of an output folder, or None while a preprocess run has not written it yet."""
-        path = Path(out) / MASKS_FILE
+    def open_if_present(cls, out: "OutputInfo | Path", grid: tuple[int, int, int]) -> Optional["MaskAtlas"]:
+        """The atlas of a local output folder, or None while a preprocess run has not written it
+        yet. An output in object storage has none: each clip's motion.npy and mask.npy come with
+        the one ranged read of its sample, so fetching masks.h5 would only add requests."""
+        root = getattr(out, "root", out)
+        if is_url(root):
+            return None
+        path = Path(root) / MASKS_FILE
         return cls(path, grid) if path.is_file() else None
 
     def __contains__(self, key: str) -> bool:

@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from pipeline.reader import OutputInfo, read_sample
+from pipeline.reader import OutputInfo
 from pipeline.view.atlas import MaskAtlas
 from pipeline.view.maps import (ViewError, correspondence, default_query, dequantise_teacher, parse_query,
                                 topk_masks)
@@ -31,9 +31,9 @@ def teacher_grid(info: OutputInfo) -> tuple[int, int, int]:
     try:
         grid = tuple(int(v) for v in info.dataset["geometry"]["teacher_grid"])
     except (KeyError, TypeError, ValueError):
-        raise ViewError(f"{info.root / 'dataset.json'}: no valid geometry.teacher_grid") from None
+        raise ViewError(f"{info.where('dataset.json')}: no valid geometry.teacher_grid") from None
     if len(grid) != 3:
-        raise ViewError(f"{info.root / 'dataset.json'}: geometry.teacher_grid {list(grid)} is not [F, H, W]")
+        raise ViewError(f"{info.where('dataset.json')}: geometry.teacher_grid {list(grid)} is not [F, H, W]")
     return grid  # type: ignore[return-value]
 
 
@@ -45,7 +45,7 @@ def tile_size(info: OutputInfo) -> tuple[int, int]:
     try:
         return preview_tile_size(tuple(info.dataset["geometry"]["teacher_input"]))
     except (KeyError, TypeError, ValueError):
-        raise ViewError(f"{info.root / 'dataset.json'}: no preview layout and no geometry.teacher_input") from None
+        raise ViewError(f"{info.where('dataset.json')}: no preview layout and no geometry.teacher_input") from None
 
 
 def _check(value: np.ndarray, name: str, shape: tuple[int, ...], where: str) -> np.ndarray:
@@ -63,7 +63,7 @@ def load_clip(info: OutputInfo, key: str, atlas: Optional[MaskAtlas], caption: O
         names.append("teacher_scale.npy")
     if not in_atlas:
         names += ["motion.npy", "mask.npy"]
-    sample = read_sample(info.root, key, names)
+    sample = info.read_sample(key, names)  # one ranged read of the shard (DataError if it is damaged)
     where = f"{info.root}: sample {key!r}"
     missing = [n for n in names if n not in sample]
     if missing:

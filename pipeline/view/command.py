@@ -19,7 +19,8 @@ def _fail(message: str) -> None:
 
 
 def view(
-    shards: Path = typer.Option(..., "--shards", help="Output folder of `tsa preprocess` (holds dataset.json)."),
+    shards: str = typer.Option(..., "--shards", help="Output folder of `tsa preprocess` (holds dataset.json): a "
+                               "path, or s3://bucket/prefix, gs://bucket/prefix (docs/storage.md)."),
     out: Path = typer.Option(..., "--out", help="clip.png with --key, or gallery.html for every ok clip."),
     key: Optional[str] = typer.Option(None, "--key", help="The clip to draw (its __key__, see manifest.parquet)."),
     ratio: Optional[list[str]] = typer.Option(
@@ -39,7 +40,8 @@ def view(
 
     Without --key: an HTML gallery of every ok clip, sortable by mean motion, and the failed clips.
     """
-    from pipeline.reader import NotAnOutput, open_output
+    from pipeline.reader import DataError, NotAnOutput, open_output
+    from pipeline.storage import StorageError
 
     try:
         ratios = check_ratios(parse_numbers(ratio, "--ratio", DEFAULT_RATIOS))
@@ -58,7 +60,7 @@ def view(
             _clip(info, key, out, ratios, tau_list, query)
         else:
             _gallery(info, out, ratios, tau_list, query, limit)
-    except (ViewError, NotAnOutput) as e:
+    except (ViewError, NotAnOutput, DataError, StorageError) as e:
         _fail(str(e))
     except KeyError as e:
         _fail(str(e.args[0]) if e.args else "unknown key")
@@ -74,7 +76,7 @@ def _clip(info, key: str, out: Path, ratios, taus, query: Optional[str]) -> None
         from pipeline.view.maps import parse_query
 
         parse_query(query, grid)
-    atlas = MaskAtlas.open_if_present(info.root, grid)
+    atlas = MaskAtlas.open_if_present(info, grid)
     try:
         clip = load_clip(info, key, atlas)
     finally:

@@ -17,7 +17,8 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-from pipeline.reader import OutputInfo
+from pipeline.reader import DataError, OutputInfo
+from pipeline.storage import basename
 from pipeline.view.atlas import MaskAtlas
 from pipeline.view.clip import ClipData, build_view, load_clip, teacher_grid
 from pipeline.view.maps import ViewError
@@ -74,7 +75,7 @@ def write_gallery(info: OutputInfo, page: Path, ratios: Sequence[float], taus: S
     failed = [r for r in rows if r.get("status") != "ok"]
     mask_ratio = info.dataset.get("mask_ratio")
 
-    atlas = MaskAtlas.open_if_present(info.root, grid)
+    atlas = MaskAtlas.open_if_present(info, grid)
     try:
         means = atlas.mean_motion(r["key"] for r in ok) if atlas is not None else {}
         entries, unreadable = [], []
@@ -85,7 +86,7 @@ def write_gallery(info: OutputInfo, page: Path, ratios: Sequence[float], taus: S
             try:
                 clip = load_clip(info, key, atlas, caption=row.get("caption"))
                 view = build_view(clip, ratios, taus, query_text)
-            except (ViewError, KeyError, OSError, ValueError) as e:
+            except (ViewError, KeyError, DataError, OSError, ValueError) as e:
                 unreadable.append((key, str(e.args[0] if isinstance(e, KeyError) and e.args else e)))
                 continue
             stem = file_stem(key)
@@ -182,5 +183,5 @@ def _page(info: OutputInfo, files: Path, entries, failed, unreadable, grid, mask
         body += [f"<tr><td class='key'>{e(k)}</td><td>{e(m)}</td></tr>" for k, m in unreadable]
         body.append("</tbody></table>")
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<title>tsa gallery: {e(info.root.name)}</title><style>{_STYLE}</style>"
+            f"<title>tsa gallery: {e(basename(info.root))}</title><style>{_STYLE}</style>"
             f"<script>{_SCRIPT}</script></head>\n<body>\n{head}" + "\n".join(body) + "\n</body></html>\n")
