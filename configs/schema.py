@@ -35,7 +35,13 @@ class Geometry:
     vae_temporal_compression: int = 4
     vae_spatial_compression: int = 8
     student_patch: int = 2  # spatial patch of the student transformer
+    # Temporal patch of the student (CogVideoX1.5: 2); the latent is padded at the front with
+    # copies of latent frame 0 to a multiple of it, as CogVideoX1.5's own fine-tuning does.
+    student_patch_t: int = 1
     teacher_scale: int = 3  # teacher input = frames[1:] resized by 1/teacher_scale
+    # [H, W] of the teacher input frames when 1/teacher_scale does not give whole tubelets
+    # (CogVideoX1.5's 1360 wide frames); None: height/teacher_scale x width/teacher_scale.
+    teacher_size: Optional[list[int]] = None
     tubelet: list[int] = field(default_factory=lambda: [2, 16, 16])  # (Pt, Ph, Pw)
     text_length: int = 226
     text_dim: int = 4096
@@ -49,13 +55,28 @@ class Geometry:
 
     @property
     def student_grid(self) -> tuple[int, int, int]:
-        """(F, H, W) of the student's video tokens, e.g. (13, 30, 45)."""
+        """(F, H, W) of the student's video tokens, e.g. (13, 30, 45); with a temporal patch
+        pt, F = ceil(latent frames / pt) (the padded latent), e.g. (11, 48, 85) for CogVideoX1.5."""
         _, f, h, w = self.latent_shape
-        return (f, h // self.student_patch, w // self.student_patch)
+        pt = self.student_patch_t
+        return (-(-f // pt), h // self.student_patch, w // self.student_patch)
+
+    @property
+    def student_pad_frames(self) -> int:
+        """Latent frames added in front (copies of frame 0) to fill the first temporal patch."""
+        return self.student_grid[0] * self.student_patch_t - self.latent_shape[1]
+
+    @property
+    def projector_time_scale(self) -> int:
+        """Time upsampling of the projector: teacher time slots per student frame after frame 0
+        is dropped (2 at paper geometry: 24 / 12; 4 for CogVideoX1.5: 40 / 10)."""
+        return self.teacher_grid[0] // max(1, self.student_grid[0] - 1)
 
     @property
     def teacher_input(self) -> tuple[int, int, int]:
         """(T, H, W) of the teacher's frames, e.g. (48, 160, 240): frame 0 dropped."""
+        if self.teacher_size is not None:
+            return (self.num_frames - 1, *self.teacher_size)
         return (self.num_frames - 1, self.height // self.teacher_scale, self.width // self.teacher_scale)
 
     @property
@@ -72,6 +93,10 @@ class Geometry:
     def validate(self) -> None:
         if len(self.tubelet) != 3 or min(self.tubelet) < 1:
             raise ConfigError(f"geometry.tubelet={self.tubelet}: expected three positive sizes [Pt, Ph, Pw]")
+        if self.teacher_size is not None and (len(self.teacher_size) != 2 or min(self.teacher_size) < 1):
+            raise ConfigError(f"geometry.teacher_size={self.teacher_size}: expected [H, W] or null")
+        if self.student_patch_t < 1:
+            raise ConfigError(f"geometry.student_patch_t={self.student_patch_t}: must be >= 1")
         t, h, w = self.teacher_input
         pt, ph, pw = self.tubelet
         checks = [
@@ -82,24 +107,36 @@ class Geometry:
              and self.width % (self.vae_spatial_compression * self.student_patch) == 0,
              f"geometry.height/width={self.height}x{self.width} must be multiples of "
              f"vae_spatial_compression*student_patch"),
-            (self.height % self.teacher_scale == 0 and self.width % self.teacher_scale == 0,
-             "geometry.height/width must be multiples of geometry.teacher_scale"),
+            (self.teacher_size is not None
+             or (self.height % self.teacher_scale == 0 and self.width % self.teacher_scale == 0),
+             "geometry.height/width must be multiples of geometry.teacher_scale (or set geometry.teacher_size)"),
             (t % pt == 0 and h % ph == 0 and w % pw == 0,
              f"geometry: teacher input {t}x{h}x{w} is not divisible by tubelet {self.tubelet}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        sf, tf = self.student_grid[0], self.teacher_grid[0]
+        if sf < 2 or tf % (sf - 1):
+            raise ConfigError(
+                f"geometry: {tf} teacher time slots are not a whole multiple of the {sf - 1} student frames "
+                f"after frame 0 (student grid {self.student_grid}, teacher grid {self.teacher_grid}); "
+                "the projector upsamples time by an integer factor (docs/families.md)")
 
 
 @dataclass
 class TinyStudent:
-    """Architecture of the random-weight student used when `models.student` is `tiny`."""
+    """Architecture of the random-weight student used when `models.student` is `tiny`, and the
+    few release settings that the tiny VAE and scheduler copy (defaults: CogVideoX-2B's)."""
 
     num_attention_heads: int = 2
     attention_head_dim: int = 16
     num_layers: int = 2
     time_embed_dim: int = 32
+    use_rotary_positional_embeddings: bool = False  # CogVideoX-5B and 1.5: 3D RoPE
+    patch_bias: bool = True  # CogVideoX1.5: false
+    vae_scaling_factor: float = 1.15258426  # CogVideoX-5B and 1.5: 0.7
+    snr_shift_scale: float = 3.0  # scheduler; CogVideoX-5B and 1.5: 1.0
 
 
 @dataclass

@@ -49,6 +49,11 @@ _TOKENIZER_CORPUS = [
 ]
 
 
+_ADDED_GEOMETRY = {"student_patch_t": 1, "teacher_size": None}
+_ADDED_TINY_STUDENT = {"use_rotary_positional_embeddings": False, "patch_bias": True,
+                       "vae_scaling_factor": 1.15258426, "snr_shift_scale": 3.0}
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("TSA_CACHE", Path.home() / ".cache" / "tsa"))
 
@@ -56,8 +61,12 @@ def cache_root() -> Path:
 def tiny_fingerprint(cfg: Config) -> str:
     """Hash of everything that shapes the tiny models: same config, same folder, same bytes."""
     g, m = cfg.geometry, cfg.models
+    # Fields added after version 3 count only when set, so the tiny models of older configs keep
+    # their folder (and dataset.json weight records) unchanged.
+    geometry = {k: v for k, v in vars(g).items() if _ADDED_GEOMETRY.get(k, object()) != v}
+    student = {k: v for k, v in vars(m.tiny_student).items() if _ADDED_TINY_STUDENT.get(k, object()) != v}
     blob = json.dumps(
-        {"geometry": vars(g), "tiny_student": vars(m.tiny_student), "teacher": vars(m.teacher) | {"checkpoint": TINY},
+        {"geometry": geometry, "tiny_student": student, "teacher": vars(m.teacher) | {"checkpoint": TINY},
          "seed": m.tiny_seed, "version": 3},
         sort_keys=True, default=list,
     )
@@ -118,14 +127,17 @@ def build_tiny_pipeline(cfg: Config):
     # slow_conv3d instead of oneDNN, which made the 8-channel VAE 2.3x slower to encode.
     vae = AutoencoderKLCogVideoX(
         block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=c,
-        temporal_compression_ratio=g.vae_temporal_compression, sample_height=g.height, sample_width=g.width)
+        temporal_compression_ratio=g.vae_temporal_compression, sample_height=g.height, sample_width=g.width,
+        scaling_factor=ts.vae_scaling_factor)
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=ts.num_attention_heads, attention_head_dim=ts.attention_head_dim,
         in_channels=c, out_channels=c, num_layers=ts.num_layers, time_embed_dim=ts.time_embed_dim,
         text_embed_dim=g.text_dim, max_text_seq_length=g.text_length, patch_size=g.student_patch,
+        patch_size_t=g.student_patch_t if g.student_patch_t > 1 else None, patch_bias=ts.patch_bias,
         sample_frames=g.num_frames, sample_height=h, sample_width=w,
-        temporal_compression_ratio=g.vae_temporal_compression)
-    scheduler = CogVideoXDPMScheduler(**COGVIDEOX_2B_SCHEDULER)
+        temporal_compression_ratio=g.vae_temporal_compression,
+        use_rotary_positional_embeddings=ts.use_rotary_positional_embeddings)
+    scheduler = CogVideoXDPMScheduler(**(COGVIDEOX_2B_SCHEDULER | {"snr_shift_scale": ts.snr_shift_scale}))
     return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
                              transformer=transformer, scheduler=scheduler)
 

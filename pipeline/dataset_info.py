@@ -18,6 +18,7 @@ from pipeline.layout import DATASET_JSON, FORMAT_VERSION, FRAME_RULE, member_spe
 
 RESOURCE_KEYS = ("decode", "teacher", "vae", "text")  # per-stage Ray resources: never change bytes
 PREPROCESS_MODELS = ("vae", "text_encoder", "tokenizer", "teacher")
+GEOMETRY_ADDED = {"student_patch_t": 1, "teacher_size": None}  # key: value that equals the older outputs
 
 
 class OutputMismatch(RuntimeError):
@@ -41,7 +42,10 @@ def fingerprinted_config(cfg_dict: dict[str, Any], models: dict[str, dict[str, A
     pre = {k: v for k, v in cfg_dict["preprocess"].items() if k not in RESOURCE_KEYS}
     # The student and scheduler do not touch the cache: training another student reuses it.
     models_used = {k: cfg_dict["models"][k] for k in PREPROCESS_MODELS}
-    parts = {"format_version": FORMAT_VERSION, "geometry": cfg_dict["geometry"],
+    # Geometry keys added after format 1 are left out at their old implicit value, so outputs
+    # written before they existed keep their fingerprint (and reruns resume them).
+    geometry = {k: v for k, v in cfg_dict["geometry"].items() if GEOMETRY_ADDED.get(k, object()) != v}
+    parts = {"format_version": FORMAT_VERSION, "geometry": geometry,
              "models": models_used, "preprocess": pre,
              "weights": {name: rec.get("sha256") for name, rec in models.items()}}
     flat: dict[str, Any] = {}

@@ -47,8 +47,9 @@ def check_transformer(transformer, cfg: Config) -> None:
          "(image-to-video models take extra channels and are not supported)"),
         (c.patch_size == g.student_patch,
          f"student patch_size={c.patch_size} but geometry.student_patch={g.student_patch}"),
-        (c.get("patch_size_t") is None,
-         f"student patch_size_t={c.get('patch_size_t')}: CogVideoX 1.5 temporal patches are not supported"),
+        ((c.get("patch_size_t") or 1) == g.student_patch_t,
+         f"student patch_size_t={c.get('patch_size_t')} but geometry.student_patch_t={g.student_patch_t} "
+         "(CogVideoX1.5 patches 2 latent frames: configs/cogvideox15_5b_mtsa.yaml)"),
         (c.text_embed_dim == g.text_dim,
          f"student text_embed_dim={c.text_embed_dim} but geometry.text_dim={g.text_dim}"),
         (c.get("ofs_embed_dim") is None,
@@ -67,8 +68,10 @@ def check_transformer(transformer, cfg: Config) -> None:
 
 
 def rotary_embedding(transformer, cfg: Config, device: torch.device) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-    """(cos, sin) 3D rotary tables for CogVideoX-5B-style models, as CogVideoXPipeline
-    builds them; None for models with fixed positions (2B)."""
+    """(cos, sin) 3D rotary tables for CogVideoX-5B and 1.5 models, exactly as
+    CogVideoXPipeline._prepare_rotary_positional_embeddings builds them at this geometry;
+    None for models with fixed positions (2B). Each table is [F*H*W, attention_head_dim]
+    over the student grid (for 1.5, F counts temporal patches of the padded latent)."""
     c = transformer.config
     if not c.use_rotary_positional_embeddings:
         return None
@@ -77,9 +80,14 @@ def rotary_embedding(transformer, cfg: Config, device: torch.device) -> Optional
 
     frames, grid_h, grid_w = cfg.geometry.student_grid
     base_h, base_w = c.sample_height // c.patch_size, c.sample_width // c.patch_size
-    crops = get_resize_crop_region_for_grid((grid_h, grid_w), base_w, base_h)
-    return get_3d_rotary_pos_embed(embed_dim=c.attention_head_dim, crops_coords=crops,
-                                   grid_size=(grid_h, grid_w), temporal_size=frames, device=device)
+    if c.get("patch_size_t") is None:  # CogVideoX 1.0: the grid resized into the base grid
+        crops = get_resize_crop_region_for_grid((grid_h, grid_w), base_w, base_h)
+        return get_3d_rotary_pos_embed(embed_dim=c.attention_head_dim, crops_coords=crops,
+                                       grid_size=(grid_h, grid_w), temporal_size=frames, device=device)
+    # CogVideoX 1.5: a slice of the (sample_height, sample_width) table, one time step per patch.
+    return get_3d_rotary_pos_embed(embed_dim=c.attention_head_dim, crops_coords=None,
+                                   grid_size=(grid_h, grid_w), temporal_size=frames, grid_type="slice",
+                                   max_size=(base_h, base_w), device=device)
 
 
 def build_projector(transformer, cfg: Config):
@@ -89,8 +97,10 @@ def build_projector(transformer, cfg: Config):
 
     c = transformer.config
     in_dim = c.num_attention_heads * c.attention_head_dim
-    projector = Projector(in_dim, cfg.align.projector_hidden, cfg.models.teacher.dim)
     g = cfg.geometry
+    # x2 in time at paper geometry; derived from the grids for other families (docs/families.md).
+    projector = Projector(in_dim, cfg.align.projector_hidden, cfg.models.teacher.dim,
+                          time_scale=g.projector_time_scale)
     try:
         out_grid = projector.output_grid(g.student_grid)
     except ValueError as e:
@@ -105,12 +115,13 @@ class Student(nn.Module):
     """Transformer + projector (None when `align.loss` is none)."""
 
     def __init__(self, transformer, projector: Optional[nn.Module], layer: int,
-                 student_grid: tuple[int, int, int]):
+                 student_grid: tuple[int, int, int], pad_frames: int = 0):
         super().__init__()
         self.transformer = transformer
         self.projector = projector
         self.layer = layer
         self.student_grid = tuple(student_grid)
+        self.pad_frames = int(pad_frames)  # latent frames prepended for a temporal patch (CogVideoX1.5)
         self._armed = False
         self._captured: Optional[torch.Tensor] = None
         self.captures = 0  # how many block outputs were kept (tests check one per forward)
@@ -127,14 +138,23 @@ class Student(nn.Module):
     def forward(self, noisy: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor,
                 rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
         """noisy [B, F, C, H, W], text [B, L, D], timestep [B] ->
-        (prediction [B, F, C, H, W], projected [B, Ft*Ht*Wt, teacher_dim] or None)."""
+        (prediction [B, F, C, H, W], projected [B, Ft*Ht*Wt, teacher_dim] or None).
+
+        With `pad_frames` > 0 (CogVideoX1.5, F not a multiple of the temporal patch) the
+        transformer sees `pad_frames` copies of noisy frame 0 in front, as CogVideoX1.5's own
+        fine-tuning pads the latent; their predictions are dropped, so the loss covers the F
+        real frames only."""
         self._armed = self.projector is not None
         self._captured = None
+        if self.pad_frames:
+            noisy = torch.cat([noisy[:, :1].expand(-1, self.pad_frames, -1, -1, -1), noisy], dim=1)
         try:
             pred = self.transformer(hidden_states=noisy, encoder_hidden_states=text, timestep=timestep,
                                     image_rotary_emb=rotary, return_dict=False)[0]
         finally:
             self._armed = False
+        if self.pad_frames:
+            pred = pred[:, self.pad_frames:]
         if self.projector is None:
             return pred, None
         hidden, self._captured = self._captured, None
@@ -167,4 +187,5 @@ def build_student(cfg: Config) -> Student:
         for block in transformer.transformer_blocks:
             block.forward = torch.compile(block.forward)
     transformer.train()
-    return Student(transformer, projector, cfg.align.layer, cfg.geometry.student_grid)
+    return Student(transformer, projector, cfg.align.layer, cfg.geometry.student_grid,
+                   cfg.geometry.student_pad_frames)

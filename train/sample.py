@@ -59,9 +59,9 @@ class SampleOptions:
     steps: int = 50
     guidance: float = 6.0
     dynamic_cfg: bool = True
-    frames: Optional[int] = None  # None: run geometry for tiny runs, else 49
-    height: Optional[int] = None  # None: run geometry for tiny runs, else 480
-    width: Optional[int] = None  # None: run geometry for tiny runs, else 720
+    frames: Optional[int] = None  # None: the run's geometry.num_frames, else 49
+    height: Optional[int] = None  # None: the run's geometry.height, else 480
+    width: Optional[int] = None  # None: the run's geometry.width, else 720
     fps: int = 8
     dtype: Optional[str] = None  # bf16 | fp16 | fp32; None: bf16 on CUDA, fp32 on CPU
     device: Optional[str] = None  # None: cuda if available, else cpu
@@ -159,9 +159,10 @@ def _check_local_ref(ref: str, what: str) -> None:
 
 
 def default_geometry(run_cfg: Optional[Config]) -> tuple[int, int, int]:
-    """(frames, height, width): the paper's 49x480x720, or the run's own geometry when the run
-    uses tiny models (a tiny transformer cannot make paper-size videos in reasonable time)."""
-    if run_cfg is not None and run_cfg.models.student == "tiny":
+    """(frames, height, width): the run's own geometry, the clips it was trained on (49x480x720
+    for the paper and CogVideoX-5B configs, 81x768x1360 for CogVideoX1.5, the tiny size for tiny
+    runs); the paper's 49x480x720 when there is no run config."""
+    if run_cfg is not None:
         g = run_cfg.geometry
         return g.num_frames, g.height, g.width
     return PAPER_FRAMES, PAPER_HEIGHT, PAPER_WIDTH
@@ -400,7 +401,9 @@ def sample(opts: SampleOptions, log: Callable[[str], None] = print) -> SampleSum
         "checkpoint": str(transformer_dir or lora_dir), "base": asdict(refs), "steps": opts.steps,
         "guidance": opts.guidance, "dynamic_cfg": opts.dynamic_cfg, "frames": frames, "height": height,
         "width": width, "fps": opts.fps, "dtype": dtype_name, "scheduler": "CogVideoXDPMScheduler/trailing",
-        "max_sequence_length": int(arch.get("max_text_seq_length", 226)),
+        # The text length the run trained with (CogVideoX1.5: 224); else the transformer's.
+        "max_sequence_length": (run_cfg.geometry.text_length if run_cfg is not None
+                                else int(arch.get("max_text_seq_length", 226))),
     }
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -477,9 +480,9 @@ def sample_cmd(
     guidance: float = typer.Option(6.0, "--guidance", help="Classifier-free guidance scale."),
     dynamic_cfg: bool = typer.Option(True, "--dynamic-cfg/--no-dynamic-cfg",
                                      help="CogVideoX's cosine-ramped guidance, as in its inference scripts."),
-    frames: Optional[int] = typer.Option(None, "--frames", help="Default 49 (the run's for tiny runs)."),
-    height: Optional[int] = typer.Option(None, "--height", help="Default 480 (the run's for tiny runs)."),
-    width: Optional[int] = typer.Option(None, "--width", help="Default 720 (the run's for tiny runs)."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Default: the run's geometry.num_frames (49 without a run config)."),
+    height: Optional[int] = typer.Option(None, "--height", help="Default: the run's geometry.height (480 without a run config)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Default: the run's geometry.width (720 without a run config)."),
     fps: int = typer.Option(8, "--fps"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 | fp16 | fp32 (default bf16 on CUDA, fp32 on CPU)."),
     device: Optional[str] = typer.Option(None, "--device", help="Default cuda if available, else cpu."),
