@@ -2,7 +2,7 @@
 FSDP2 and several micro-batches, and the largest micro-batch that fits 48 and 80 GB cards.
 No GPU and no weights: CogVideoX-2B is built on the meta device.
 
-    python bench/memory_plan.py [--config cogvideox2b_mtsa] [--workers 8] [--model 2b|5b] [--lora-rank 64]
+    python bench/memory_plan.py [--config cogvideox2b_mtsa] [--workers 8] [--model 2b|5b|1.5-5b] [--lora-rank 64]
 """
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ CARDS_GB = (48, 80)  # RTX 6000 Ada / L40S "48 GB" and A100/H100 "80 GB" hold th
 # width, depth and positions (THUDM/CogVideoX-5b transformer/config.json).
 ARCHITECTURES = {"2b": {}, "5b": {"num_attention_heads": 48, "num_layers": 42,
                                   "use_rotary_positional_embeddings": True}}
+# CogVideoX1.5-5B (THUDM/CogVideoX1.5-5B): the 5B with temporal patches; use with
+# --config cogvideox15_5b_mtsa for its 81 x 768 x 1360 token grid (docs/families.md).
+ARCHITECTURES["1.5-5b"] = ARCHITECTURES["5b"] | {"patch_size_t": 2, "patch_bias": False, "sample_height": 300,
+                                                 "sample_width": 300, "sample_frames": 81}
 SLACK_GIB = 2.0  # CUDA context and allocator slack, not in the plan
 
 
