@@ -218,6 +218,11 @@ def family(request, ray_local, clips, tmp_path_factory):
     return types.SimpleNamespace(name=name, shards=out, root=out.parent)
 
 
+def _frames(path: Path) -> list:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
 def _cli(*args):
     result = CliRunner().invoke(app, [*map(str, args)])
     return result.exit_code, result.output + (result.stderr if result.stderr_bytes is not None else "")
@@ -243,7 +248,8 @@ def test_preprocess_writes_the_family_geometry_and_view_draws_it(family):
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_train_then_sample(family, lora, tmp_path):
     run = tmp_path / "run"
-    extra = ["-o", "train.lora.rank=4"] if lora else []
+    # LoRA adapters, or the full transformer with validation videos at step 2.
+    extra = ["-o", "train.lora.rank=4"] if lora else ["-o", "train.validate_every=2"]
     code, output = _cli("train", "--shards", family.shards, "--out", run, "--config", family.name,
                         "--max-steps", 2, *extra)
     assert code == 0, output
@@ -255,14 +261,17 @@ def test_train_then_sample(family, lora, tmp_path):
         config = json.loads((ckpt / "transformer" / "config.json").read_text())
         assert config["use_rotary_positional_embeddings"] is True and config["num_layers"] == 3
 
+    g = load_config(family.name).geometry
+    if not lora:
+        videos = sorted((run / "validation" / "step-2").glob("*.mp4"))
+        assert videos and len(_frames(videos[0])) == g.num_frames
+
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a ball rolls across the table\n")
     code, output = _cli("sample", "--checkpoint", ckpt, "--prompts", prompts, "--out", tmp_path / "videos",
                         "--steps", 2)
     assert code == 0, output
-    g = load_config(family.name).geometry
-    with av.open(str(tmp_path / "videos" / "00000_s42_v0.mp4")) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    frames = _frames(tmp_path / "videos" / "00000_s42_v0.mp4")
     assert len(frames) == g.num_frames and frames[0].shape == (g.height, g.width, 3)
     record = json.loads((tmp_path / "videos" / "samples.jsonl").read_text().splitlines()[0])
     assert record["settings"]["max_sequence_length"] == g.text_length
