@@ -35,8 +35,8 @@ class Geometry:
     vae_temporal_compression: int = 4
     vae_spatial_compression: int = 8
     student_patch: int = 2  # spatial patch of the student transformer
-    # Temporal patch of the student (CogVideoX1.5: 2); the latent is padded at the front with
-    # copies of latent frame 0 to a multiple of it, as CogVideoX1.5's own fine-tuning does.
+    # Temporal patch of the student (CogVideoX1.5: 2); the student pads the noisy latent in
+    # front with copies of its frame 0 to a multiple of it (docs/families.md).
     student_patch_t: int = 1
     teacher_scale: int = 3  # teacher input = frames[1:] resized by 1/teacher_scale
     # [H, W] of the teacher input frames when 1/teacher_scale does not give whole tubelets
@@ -117,7 +117,7 @@ class Geometry:
             if not ok:
                 raise ConfigError(msg)
         sf, tf = self.student_grid[0], self.teacher_grid[0]
-        if sf < 2 or tf % (sf - 1):
+        if sf >= 2 and tf % (sf - 1):  # (one student frame: the projector names the problem)
             raise ConfigError(
                 f"geometry: {tf} teacher time slots are not a whole multiple of the {sf - 1} student frames "
                 f"after frame 0 (student grid {self.student_grid}, teacher grid {self.teacher_grid}); "
