@@ -1,8 +1,8 @@
 """Per-GPU memory plan of `tsa train` at the paper settings (train/memory_plan.py), for DDP and
 FSDP2 and several micro-batches, and the largest micro-batch that fits 48 and 80 GB cards.
-No GPU and no weights: CogVideoX-2B is built on the meta device.
+No GPU and no weights: the transformer (2B, 5B or 1.5-5B) is built on the meta device.
 
-    python bench/memory_plan.py [--config cogvideox2b_mtsa] [--workers 8] [--model 2b|5b|1.5-5b] [--lora-rank 64]
+    python bench/memory_plan.py [--model 2b|5b|1.5-5b] [--config NAME] [--workers 8] [--lora-rank 64]
 """
 from __future__ import annotations
 
@@ -23,23 +23,24 @@ CARDS_GB = (48, 80)  # RTX 6000 Ada / L40S "48 GB" and A100/H100 "80 GB" hold th
 # width, depth and positions (THUDM/CogVideoX-5b transformer/config.json).
 ARCHITECTURES = {"2b": {}, "5b": {"num_attention_heads": 48, "num_layers": 42,
                                   "use_rotary_positional_embeddings": True}}
-# CogVideoX1.5-5B (THUDM/CogVideoX1.5-5B): the 5B with temporal patches; use with
-# --config cogvideox15_5b_mtsa for its 81 x 768 x 1360 token grid (docs/families.md).
+# CogVideoX1.5-5B (THUDM/CogVideoX1.5-5B): the 5B with temporal patches (docs/families.md).
 ARCHITECTURES["1.5-5b"] = ARCHITECTURES["5b"] | {"patch_size_t": 2, "patch_bias": False, "sample_height": 300,
                                                  "sample_width": 300, "sample_frames": 81}
+CONFIGS = {"2b": "cogvideox2b_mtsa", "5b": "cogvideox5b_mtsa", "1.5-5b": "cogvideox15_5b_mtsa"}
 SLACK_GIB = 2.0  # CUDA context and allocator slack, not in the plan
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--config", default="cogvideox2b_mtsa")
+    ap.add_argument("--config", default=None, help="default: the family's paper config (docs/families.md)")
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--model", choices=sorted(ARCHITECTURES), default="2b")
     ap.add_argument("--lora-rank", type=int, default=0, help="train.lora.rank (0: full fine-tune)")
     args = ap.parse_args(argv)
     from diffusers import CogVideoXTransformer3DModel
 
-    cfg = load_config(args.config, [f"train.lora.rank={args.lora_rank}"], optional=["models.teacher.checkpoint"])
+    config = args.config or CONFIGS[args.model]
+    cfg = load_config(config, [f"train.lora.rank={args.lora_rank}"], optional=["models.teacher.checkpoint"])
     with torch.device("meta"):
         transformer = CogVideoXTransformer3DModel(**ARCHITECTURES[args.model])
         c = transformer.config
