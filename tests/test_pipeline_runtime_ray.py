@@ -128,3 +128,19 @@ def test_healthy_cli_run_prints_the_plan_and_no_ray_noise(tmp_path):
     assert "plan: 1 node(s)" in text and "vae      1 actor(s)" in text
     assert "1 ok, 0 failed" in text
     assert "core_worker.cc" not in text and "Token authentication" not in text, text
+
+
+def test_a_stalled_run_stops_with_a_message_naming_what_waits(ray_local, hooks, clips, tmp_path):
+    """The state a lost node leaves (the restarted actors hold the CPUs the decode tasks need),
+    made on purpose: decode tasks ask for both CPUs of the node, the actor pools for 0.75."""
+    from configs import load_config
+    from pipeline.run import RunStalled
+
+    hooks.write_text("{}")
+    cfg = load_config("tiny", OPTS + ["preprocess.decode.num_cpus=2", "preprocess.stall_timeout_s=20"])
+    with pytest.raises(RunStalled) as e:
+        run_preprocess(clips, tmp_path / "out", cfg)
+    msg = str(e.value)
+    assert msg.startswith("no clip finished for 20 s (preprocess.stall_timeout_s) with 3 of 3 clips left")
+    assert "1 alive node(s), 0 dead" in msg and "waiting for resources" in msg, msg
+    assert not list((tmp_path / "out" / "shards").glob("*.tar"))  # nothing half-written is published
