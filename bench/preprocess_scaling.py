@@ -30,7 +30,7 @@ def _decode_standin(row, cfg_dict, cost):
 
     from configs.schema import config_from_dict
 
-    g = config_from_dict(cfg_dict).geometry
+    g = config_from_dict(cfg_dict, optional=["models.teacher.checkpoint"]).geometry
     t, h, w = g.teacher_input
     time.sleep(cost)
     grid = tuple(g.teacher_grid)
@@ -49,7 +49,7 @@ class StandIn:
     def __init__(self, name: str, cost: float, cfg_dict: dict):
         from configs.schema import config_from_dict
 
-        cfg = config_from_dict(cfg_dict)
+        cfg = config_from_dict(cfg_dict, optional=["models.teacher.checkpoint"])
         g = cfg.geometry
         grid = g.teacher_grid
         self.cost, self.name = cost, name

@@ -362,6 +362,14 @@ def describe_stall(ray_module, cfg: Config, remaining: int, total: int, stall_s:
     return "\n".join(lines)
 
 
+def _first_error_line(e: BaseException) -> str:
+    """The innermost error of a Ray exception's text (its last `SomethingError: ...` line)."""
+    import re
+
+    lines = [ln.strip() for ln in str(e).splitlines() if re.match(r"\s*[\w.]+(Error|Exception): ", ln)]
+    return (lines[-1] if lines else f"{type(e).__name__}: {str(e).strip()[:300]}")[:500]
+
+
 def _reason(error: Optional[str]) -> str:
     """Group failures for the summary: the error without paths and numbers."""
     import re
@@ -471,8 +479,12 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
                 if on_row is not None:
                     on_row(row)
 
-            result.shards_written, result.reasons = write_rows(out, rows, todo, cfg, counted, keep=keep,
-                                                               total=len(items))
+            try:
+                result.shards_written, result.reasons = write_rows(out, rows, todo, cfg, counted, keep=keep,
+                                                                   total=len(items))
+            except ray.exceptions.RayError as e:  # e.g. an actor whose model cannot load: not one clip's fault
+                raise PreprocessError(f"the Ray pipeline failed (finished shards are kept; the same command "
+                                      f"resumes): {_first_error_line(e)}") from None
             result.process_s = time.perf_counter() - t0
         finally:
             if started:
