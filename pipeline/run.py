@@ -31,7 +31,7 @@ from pipeline.dataset_info import (
 )
 from pipeline.layout import DATASET_JSON, MANIFEST, MASKS, SHARDS_DIR, TMP_SUFFIX, shard_marker, shard_of
 from pipeline.sources import ClipItem, list_clips
-from pipeline.writer import ShardWriter, remove_partial_shards, write_json_atomic
+from pipeline.writer import remove_partial_shards, write_json_atomic
 
 
 class PreprocessError(RuntimeError):
