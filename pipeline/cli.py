@@ -183,7 +183,9 @@ def preprocess(
         with bar:
             result = run_preprocess(src, out, cfg, subset=subset, limit=limit, ray_address=ray_address,
                                     overwrite=overwrite, retry_failed=retry_failed, on_start=on_start,
-                                    on_row=on_row, on_plan=on_plan)
+                                    on_row=on_row, on_plan=on_plan,
+                                    on_notice=lambda line: console.print(f"[yellow]warning:[/] {line}",
+                                                                         soft_wrap=True, highlight=False))
     except (OutputMismatch, PreprocessError, SourceError, ConfigError, FileNotFoundError) as e:
         console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
         raise typer.Exit(2)

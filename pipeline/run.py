@@ -302,9 +302,10 @@ def write_rows(out: Path, rows, items: list[ClipItem], cfg: Config,
 _END = object()
 
 
-def iter_with_watchdog(rows, stall_s: float, describe: Callable[[float], str]):
+def iter_with_watchdog(rows, stall_s: float, describe: Callable[[float], str],
+                       poll: Optional[Callable[[], None]] = None, poll_s: float = 15.0):
     """Yield from `rows` (iterated in a helper thread); raise RunStalled(describe(stall_s)) when
-    no row arrives for `stall_s` seconds."""
+    no row arrives for `stall_s` seconds. `poll()` runs every `poll_s` seconds while waiting."""
     import queue
     import threading
 
@@ -319,16 +320,48 @@ def iter_with_watchdog(rows, stall_s: float, describe: Callable[[float], str]):
             q.put(e)
 
     threading.Thread(target=pump, name="tsa-rows", daemon=True).start()
+    last = time.monotonic()
     while True:
+        left = stall_s - (time.monotonic() - last)
+        if left <= 0:
+            raise RunStalled(describe(stall_s))
         try:
-            item = q.get(timeout=stall_s)
+            item = q.get(timeout=min(left, poll_s) if poll is not None else left)
         except queue.Empty:
-            raise RunStalled(describe(stall_s)) from None
+            if poll is not None:
+                poll()
+            continue
+        last = time.monotonic()
         if item is _END:
             return
         if isinstance(item, BaseException):
             raise item
         yield item
+
+
+class NodeWatch:
+    """Reports nodes that leave the cluster during the run (`notice(line)`), once each."""
+
+    def __init__(self, ray_module, notice: Optional[Callable[[str], None]]):
+        self.ray, self.notice = ray_module, notice
+        self.alive = self._alive()
+
+    def _alive(self) -> dict[str, str]:
+        try:
+            return {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in self.ray.nodes() if n.get("Alive")}
+        except Exception:  # a cluster that does not answer shows up in the stall message
+            return {}
+
+    def __call__(self) -> None:
+        now = self._alive()
+        if not now:
+            return
+        for node, addr in self.alive.items():
+            if node not in now and self.notice is not None:
+                self.notice(f"node {addr} left the Ray cluster; the run goes on with {len(now)} node(s) (Ray "
+                            f"restarts its actors elsewhere; if no clip finishes for preprocess.stall_timeout_s "
+                            f"the run stops, and the same command resumes)")
+        self.alive = now
 
 
 def describe_stall(ray_module, cfg: Config, remaining: int, total: int, stall_s: float) -> str:
@@ -406,12 +439,13 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
                    retry_failed: bool = False,
                    on_start: Optional[Callable[[int, int], None]] = None,
                    on_row: Optional[Callable[[dict[str, Any]], None]] = None,
-                   on_plan: Optional[Callable[[list[str]], None]] = None) -> RunResult:
+                   on_plan: Optional[Callable[[list[str]], None]] = None,
+                   on_notice: Optional[Callable[[str], None]] = None) -> RunResult:
     """Preprocess the clips in `src` into `out`. `cfg` is used with its model refs as written
     (e.g. `tiny`); they are resolved for hashing here and inside each actor.
 
-    `on_start(todo_clips, total_clips)`, `on_row(manifest_row)` and `on_plan(lines)` drive the
-    display. `retry_failed` also re-processes the failed rows of finished shards, in place.
+    `on_start(todo_clips, total_clips)`, `on_row(manifest_row)`, `on_plan(lines)` and
+    `on_notice(line)` (a node left the cluster) drive the display. `retry_failed` also re-processes the failed rows of finished shards, in place.
     """
     import copy
 
@@ -472,7 +506,8 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
             state = {"rows": 0}
             rows = iter_with_watchdog(
                 ds.iter_rows(), cfg.preprocess.stall_timeout_s,
-                lambda s: describe_stall(ray, cfg, len(todo) - state["rows"], len(todo), s))
+                lambda s: describe_stall(ray, cfg, len(todo) - state["rows"], len(todo), s),
+                poll=NodeWatch(ray, on_notice))
 
             def counted(row: dict[str, Any]) -> None:
                 state["rows"] += 1

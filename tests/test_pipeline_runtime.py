@@ -200,6 +200,30 @@ def test_watchdog_names_the_stall():
         list(iter_with_watchdog(broken(), 5, str))
 
 
+def test_watchdog_polls_and_reports_a_lost_node():
+    from pipeline.run import NodeWatch, RunStalled, iter_with_watchdog
+
+    class FakeRay:
+        def __init__(self):
+            self.views = [[("a", "10.0.0.1"), ("b", "10.0.0.2")], [("a", "10.0.0.1")]]
+
+        def nodes(self):
+            view = self.views.pop(0) if len(self.views) > 1 else self.views[0]
+            return [{"NodeID": i, "NodeManagerAddress": addr, "Alive": True} for i, addr in view]
+
+    notices = []
+    watch = NodeWatch(FakeRay(), notices.append)
+
+    def rows():
+        time.sleep(60)
+        yield 1
+
+    with pytest.raises(RunStalled):
+        list(iter_with_watchdog(rows(), 1.0, str, poll=watch, poll_s=0.2))
+    assert len(notices) == 1 and notices[0].startswith("node 10.0.0.2 left the Ray cluster; the run goes on "
+                                                       "with 1 node(s)")
+
+
 def test_exit_rule():
     from pipeline.run import RunResult
 
