@@ -51,23 +51,34 @@ NATIVE_NOISE = (re.compile(rb"core_worker\.cc:\d+: Actor with class name: .* has
                            rb"object store and max_restarts > 0"),)
 
 
-def filter_native_stderr(patterns=NATIVE_NOISE) -> int:
+# Native lines that repeat every second while ray.init retries (a cluster refusing our token):
+# the first one says why, the rest are dropped.
+NATIVE_ONCE = (re.compile(rb"gcs_client\.cc:\d+: Failed to get cluster ID from GCS server"),)
+
+
+def filter_native_stderr(patterns=NATIVE_NOISE, once=NATIVE_ONCE) -> int:
     """Route fd 2 (where Ray's C++ core worker logs) through a thread that drops lines matching
-    `patterns`; returns a new fd on the original stderr for our own console."""
+    `patterns` and repeats of lines matching `once`; returns a new fd on the original stderr
+    for our own console."""
     original = os.dup(2)
     r, w = os.pipe()
     os.dup2(w, 2)
     os.close(w)
 
     def pump() -> None:
-        buf = b""
+        buf, seen = b"", set()
         with os.fdopen(r, "rb", buffering=0) as f:
             while chunk := f.read(65536):
                 buf += chunk
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
-                    if not any(p.search(line) for p in patterns):
-                        os.write(original, line + b"\n")
+                    if any(p.search(line) for p in patterns):
+                        continue
+                    hit = [p for p in once if p.search(line)]
+                    if hit and hit[0] in seen:
+                        continue
+                    seen.update(hit)
+                    os.write(original, line + b"\n")
         if buf:
             os.write(original, buf)
 

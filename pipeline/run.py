@@ -133,6 +133,23 @@ def _reachable(address: str) -> Optional[str]:
     return None
 
 
+def _refused(address: str) -> Optional[str]:
+    """One direct GCS request (milliseconds): why the cluster refuses us (a token it does not
+    accept), or None. ray.init would retry for ~20 s and then report only a ConnectionError."""
+    if address.startswith(("ray://", "http://", "https://")):
+        return None
+    try:
+        from ray._raylet import GcsClient
+
+        GcsClient(address=address).cluster_id
+    except Exception as e:  # noqa: BLE001 (only an authentication refusal is decided here)
+        if "Authentication" in type(e).__name__:
+            first = str(e).split(". ")[0]
+            return (f"{type(e).__name__}: {first}; for a token-authenticated cluster set RAY_AUTH_MODE=token "
+                    f"and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to its token")
+    return None
+
+
 def quiet_ray_loggers() -> None:
     """Ray's token-auth notice is advice for cluster admins, not for this run's output."""
     import logging
@@ -152,7 +169,7 @@ def start_ray(address: Optional[str]) -> tuple[bool, float]:
 
     quiet_ray_loggers()
     if address not in (None, "auto", "local"):
-        why = _reachable(address)
+        why = _reachable(address) or _refused(address)
         if why:
             raise PreprocessError(f"--ray-address {address}: cannot reach the Ray cluster ({why})")
     try:
@@ -161,8 +178,11 @@ def start_ray(address: Optional[str]) -> tuple[bool, float]:
     except Exception as e:  # AuthenticationError, ConnectionError, a wrong address: one clear line each
         ray.shutdown()
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        hint = " (a token-authenticated cluster: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)" \
-            if "auth" in f"{type(e).__name__} {e}".lower() else ""
+        # Ray reports a refused token as AuthenticationError, or (after ~20 s of retries) as a
+        # ConnectionError whose cause is only in its native log lines.
+        hint = " (if the cluster uses token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or " \
+               "RAY_AUTH_TOKEN_PATH to its token)" \
+            if "auth" in f"{type(e).__name__} {e}".lower() or (address and isinstance(e, ConnectionError)) else ""
         raise PreprocessError(f"--ray-address {address or '(local)'}: cannot connect to Ray: {type(e).__name__}: "
                               f"{first[:300]}{hint}") from None
     return True, time.perf_counter() - t0

@@ -261,3 +261,28 @@ def test_retry_and_overwrite_exclude_each_other(tmp_path, tiny_cfg):
     with pytest.raises(PreprocessError, match="holds no tsa preprocess output"):
         run_preprocess(clips, tmp_path / "out", tiny_cfg, retry_failed=True)
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_refused_token_is_named(monkeypatch):
+    """What `ray start` with token auth answers to a client without its token (seen against a
+    real head: GcsClient raises in milliseconds where ray.init retries ~20 s)."""
+    import ray._raylet
+    from ray.exceptions import AuthenticationError
+
+    from pipeline.run import _refused
+
+    class Refusing:
+        def __init__(self, address):
+            raise AuthenticationError("RPC error: InvalidAuthToken: Authentication token is missing or incorrect. "
+                                      "Note: RAY_AUTH_MODE is currently 'disabled'")
+
+    class Accepting:
+        def __init__(self, address):
+            self.cluster_id = "c0ffee"
+
+    monkeypatch.setattr(ray._raylet, "GcsClient", Refusing)
+    why = _refused("10.0.0.1:6379")
+    assert why.startswith("AuthenticationError: RPC error: InvalidAuthToken: Authentication token is missing or "
+                          "incorrect; ") and "RAY_AUTH_MODE=token" in why
+    monkeypatch.setattr(ray._raylet, "GcsClient", Accepting)
+    assert _refused("10.0.0.1:6379") is None
