@@ -119,9 +119,10 @@ def print_summary(console: Console, r: RunResult) -> None:
         console.print(f"retried {r.retried} failed clip(s) of finished shards")
     if r.too_many_failed:
         tried = c.get("ok", 0) + failed
-        console.print(f"[red]error:[/] {failed} of {tried} clips failed ({100 * r.failed_fraction:.0f}%, more than "
-                      f"preprocess.max_failed_fraction={r.max_failed_fraction:g}{' : every clip' if failed == tried else ''}"
-                      f"); fix the inputs, then rerun with --retry-failed", soft_wrap=True)
+        why = "every clip" if failed == tried else f"{100 * r.failed_fraction:.0f}%, more than"
+        console.print(f"[red]error:[/] {failed} of {tried} clips failed ({why} preprocess.max_failed_fraction="
+                      f"{r.max_failed_fraction:g}); fix the inputs, then rerun with --retry-failed", soft_wrap=True,
+                      highlight=False)
     elif failed:
         console.print(f"{failed} failed clip(s): rerun with --retry-failed to process them again")
 
