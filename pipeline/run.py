@@ -415,6 +415,29 @@ def describe_stall(ray_module, cfg: Config, remaining: int, total: int, stall_s:
     return "\n".join(lines)
 
 
+def _running_executors() -> set:
+    """Ray Data's streaming executors running in this process (each is a thread)."""
+    import threading
+
+    try:
+        from ray.data._internal.execution.streaming_executor import StreamingExecutor
+    except ImportError:
+        return set()
+    return {t for t in threading.enumerate() if isinstance(t, StreamingExecutor)}
+
+
+def _stop_executors(before: set) -> None:
+    """Shut down the executors started since `before`: a run that stops early (stalled, Ctrl-C)
+    must not leave its actors and tasks running in a Ray that outlives it (a caller's Ray, or
+    until ray.shutdown). Ray Data records the executor on the Dataset only after its first row,
+    so a stalled run's executor is found among the threads."""
+    for ex in _running_executors() - before:
+        try:
+            ex.shutdown(force=True)
+        except Exception:  # noqa: BLE001 (best effort on the way out)
+            pass
+
+
 def _first_error_line(e: BaseException) -> str:
     """The innermost error of a Ray exception's text (its last `SomethingError: ...` line)."""
     import re
@@ -522,6 +545,7 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
             if on_start is not None:
                 on_start(len(todo), len(items))
             t0 = time.perf_counter()
+            before = _running_executors()
             ds = build_dataset(todo, cfg, plan.actors)
             state = {"rows": 0}
             rows = iter_with_watchdog(
@@ -538,8 +562,12 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
                 result.shards_written, result.reasons = write_rows(out, rows, todo, cfg, counted, keep=keep,
                                                                    total=len(items))
             except ray.exceptions.RayError as e:  # e.g. an actor whose model cannot load: not one clip's fault
+                _stop_executors(before)
                 raise PreprocessError(f"the Ray pipeline failed (finished shards are kept; the same command "
                                       f"resumes): {_first_error_line(e)}") from None
+            except BaseException:  # stalled, interrupted: stop this run's Ray Data execution too
+                _stop_executors(before)
+                raise
             result.process_s = time.perf_counter() - t0
         finally:
             if started:

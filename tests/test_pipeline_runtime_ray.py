@@ -134,7 +134,7 @@ def test_a_stalled_run_stops_with_a_message_naming_what_waits(ray_local, hooks, 
     """The state a lost node leaves (the restarted actors hold the CPUs the decode tasks need),
     made on purpose: decode tasks ask for both CPUs of the node, the actor pools for 0.75."""
     from configs import load_config
-    from pipeline.run import RunStalled
+    from pipeline.run import RunStalled, _running_executors
 
     hooks.write_text("{}")
     cfg = load_config("tiny", OPTS + ["preprocess.decode.num_cpus=2", "preprocess.stall_timeout_s=20"])
@@ -144,3 +144,4 @@ def test_a_stalled_run_stops_with_a_message_naming_what_waits(ray_local, hooks, 
     assert msg.startswith("no clip finished for 20 s (preprocess.stall_timeout_s) with 3 of 3 clips left")
     assert "1 alive node(s), 0 dead" in msg and "waiting for resources" in msg, msg
     assert not list((tmp_path / "out" / "shards").glob("*.tar"))  # nothing half-written is published
+    assert not _running_executors()  # its Ray Data execution was shut down, not left holding the actors
