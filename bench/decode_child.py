@@ -1,5 +1,6 @@
 """What the killable decode child costs: `decode_clip` in-process against `DecodeClient.decode`
-(the same call in the long-lived child, frames back over a pipe) on one clip, one thread.
+(the same call in the long-lived child, frames back over a pipe) on one clip, one thread;
+and the child's memory (Linux /proc: resident and peak).
 
     python bench/decode_child.py --width 640 --height 360 --frames 96 --repeat 10
 """
@@ -45,8 +46,11 @@ def main() -> None:
             for _ in range(args.repeat):
                 client.decode(str(path), g, 600)
             b = (time.perf_counter() - t) / args.repeat
+            mem = {k: v.split()[0] for k, v in (ln.split(":", 1) for ln in open(f"/proc/{client.proc.pid}/status"))
+                   if k in ("VmRSS", "VmHWM")}
             print(f"{name:17} output {g.num_frames}x{g.height}x{g.width}: in-process {1000 * a:.0f} ms, "
-                  f"child {1000 * b:.0f} ms ({b / a:.2f}x)")
+                  f"child {1000 * b:.0f} ms ({b / a:.2f}x); child RSS {int(mem['VmRSS']) // 1024} MB, "
+                  f"peak {int(mem['VmHWM']) // 1024} MB")
     finally:
         client.kill()
         path.unlink()
