@@ -286,3 +286,31 @@ def test_a_refused_token_is_named(monkeypatch):
                           "incorrect; ") and "RAY_AUTH_MODE=token" in why
     monkeypatch.setattr(ray._raylet, "GcsClient", Accepting)
     assert _refused("10.0.0.1:6379") is None
+
+
+def test_a_kill_while_a_retried_shard_is_published_leaves_it_to_be_redone(tmp_path, monkeypatch):
+    """--retry-failed replaces a finished shard: its old marker goes first, so a kill before the
+    new tar and marker are in place leaves no marker, and the next run redoes the shard whole
+    (never an old marker over a new tar, or the reverse)."""
+    from pipeline.reader import read_marker
+    from pipeline.writer import remove_partial_shards
+
+    out = tmp_path / "out"
+    _in_order(out, 4, 4, failed={2})
+    asm = ShardAssembler(out, {0: [0, 1, 2, 3]})
+    asm.keep(0, read_marker(out, 0), redo={2})
+    real_replace = os.replace
+
+    def killed_at_the_tar_rename(src, dst):
+        if str(dst).endswith(".tar"):
+            raise KeyboardInterrupt  # the process dies here
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_at_the_tar_rename)
+    with pytest.raises(KeyboardInterrupt):
+        asm.add(2, _row(2), _members(2))
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not shard_marker(out, 0).exists()
+    removed = {p.name for p in remove_partial_shards(out)}  # what the next run does first
+    assert removed == {"shard-000000.tar.tmp", "shard-000000.tar"}
+    assert list((out / "shards").iterdir()) == []  # shard 0 is not done: redone in full
