@@ -178,7 +178,10 @@ def preprocess(
     state: dict[str, Any] = {"task": None, "ok": 0, "failed": 0, "skipped": 0}
 
     def on_start(todo: int, total: int) -> None:
-        if todo < total:
+        if retry_failed:
+            console.print(f"--retry-failed: {todo} clip(s) to process (the failed ones of finished shards, and "
+                          f"those of unfinished shards)")
+        elif todo < total:
             console.print(f"resuming: {total - todo} of {total} clips are in finished shards")
         state["task"] = bar.add_task("clips", total=todo, status="")
 
