@@ -200,7 +200,19 @@ class StageResources:
     num_gpus: float = 0.0
     num_cpus: float = 1.0
     batch_size: int = 1
-    actors: int = 1
+    # "auto": a GPU stage gets one actor per share of the cluster's GPUs (pipeline/plan.py), a CPU
+    # stage one actor; an integer is used as is.
+    actors: int | str = "auto"
+
+
+@dataclass
+class DecodeResources(StageResources):
+    """The decode tasks (CPU); `actors` is unused (Ray Data runs as many tasks as CPUs allow)."""
+
+    num_cpus: float = 1.0
+    # A clip whose decode runs longer is a failed row ("decode timed out after N s"); the decode
+    # runs in a child process that is killed then (decord can spin forever in native code).
+    timeout_s: float = 300.0
 
 
 @dataclass
@@ -212,11 +224,15 @@ class PreprocessConfig:
     preview_quality: int = 85
     vae_slicing: bool = True
     vae_tiling: bool = True
-    decode: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=1))
+    decode: DecodeResources = field(default_factory=DecodeResources)
     teacher: StageResources = field(default_factory=lambda: StageResources(num_gpus=0.25, batch_size=4))
     vae: StageResources = field(default_factory=lambda: StageResources(num_gpus=0.5, batch_size=1))
     text: StageResources = field(default_factory=lambda: StageResources(num_gpus=0.25, batch_size=16))
     dtype: str = "bfloat16"  # compute dtype of the GPU stages (float32 on CPU)
+    # The run exits non-zero when every clip or more than this fraction of the clips failed.
+    max_failed_fraction: float = 0.5
+    # No clip finished for this long while clips remain: stop with a message naming what waits.
+    stall_timeout_s: float = 1800.0
 
     def validate(self) -> None:
         if self.latents not in {"sample", "moments"}:
@@ -233,8 +249,15 @@ class PreprocessConfig:
             raise ConfigError(f"preprocess.dtype={self.dtype!r}: expected float32, bfloat16 or float16")
         for name in ("decode", "teacher", "vae", "text"):
             res = getattr(self, name)
-            if res.num_gpus < 0 or res.num_cpus < 0 or res.batch_size < 1 or res.actors < 1:
-                raise ConfigError(f"preprocess.{name}: num_gpus/num_cpus must be >= 0, batch_size and actors >= 1")
+            if res.num_gpus < 0 or res.num_cpus < 0 or res.batch_size < 1:
+                raise ConfigError(f"preprocess.{name}: num_gpus/num_cpus must be >= 0, batch_size >= 1")
+            if not (res.actors == "auto" or (isinstance(res.actors, int) and res.actors >= 1)):
+                raise ConfigError(f"preprocess.{name}.actors={res.actors!r}: expected auto or an integer >= 1")
+        if not 0 <= self.max_failed_fraction <= 1:
+            raise ConfigError(f"preprocess.max_failed_fraction={self.max_failed_fraction}: must be in [0, 1]")
+        if not self.decode.timeout_s > 0 or not self.stall_timeout_s > 0:
+            raise ConfigError(f"preprocess.decode.timeout_s={self.decode.timeout_s} and preprocess.stall_timeout_s="
+                              f"{self.stall_timeout_s}: must be > 0")
 
 
 @dataclass

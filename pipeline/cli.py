@@ -1,11 +1,19 @@
-"""The `tsa preprocess` command: options, progress bar, summary, exit codes.
+"""The `tsa preprocess` command: options, plan, progress bar, summary, exit codes.
 
 Exit 0 when the run finishes, broken clips included (they are `failed` manifest rows);
-exit 2 for real errors: bad config, `--src` missing, `--out` holding another config's output.
+exit 1 when every clip or more than `preprocess.max_failed_fraction` of the clips in the output
+failed (after the reasons table), or when the run stalled (no clip finished for
+`preprocess.stall_timeout_s`); exit 2 for errors found before any clip is processed: bad
+config, `--src` missing, `--out` holding another config's output, a Ray cluster that cannot be
+reached or refuses us, storage a node cannot see.
 """
 from __future__ import annotations
 
 import logging
+import os
+import re
+import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -37,6 +45,60 @@ def _quiet_ray_logs() -> None:
             handler.setLevel(logging.ERROR)
 
 
+# Native log lines of Ray's driver that say nothing about this run (the map stages' constructor
+# arguments live in the object store by Ray Data's design; actors restart fine while it runs).
+NATIVE_NOISE = (re.compile(rb"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the "
+                           rb"object store and max_restarts > 0"),)
+
+
+# Native lines that repeat every second while ray.init retries (a cluster refusing our token):
+# the first one says why, the rest are dropped.
+NATIVE_ONCE = (re.compile(rb"gcs_client\.cc:\d+: Failed to get cluster ID from GCS server"),)
+
+
+def filter_native_stderr(patterns=NATIVE_NOISE, once=NATIVE_ONCE) -> int:
+    """Route fd 2 (where Ray's C++ core worker logs) through a thread that drops lines matching
+    `patterns` and repeats of lines matching `once`; returns a new fd on the original stderr
+    for our own console."""
+    original = os.dup(2)
+    r, w = os.pipe()
+    os.dup2(w, 2)
+    os.close(w)
+
+    def pump() -> None:
+        buf, seen = b"", set()
+        with os.fdopen(r, "rb", buffering=0) as f:
+            while chunk := f.read(65536):
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if any(p.search(line) for p in patterns):
+                        continue
+                    hit = [p for p in once if p.search(line)]
+                    if hit and hit[0] in seen:
+                        continue
+                    seen.update(hit)
+                    os.write(original, line + b"\n")
+        if buf:
+            os.write(original, buf)
+
+    threading.Thread(target=pump, name="tsa-stderr", daemon=True).start()
+    return os.dup(original)
+
+
+def _console() -> Console:
+    """Our console on the real stderr; Ray's native noise filtered when stderr is fd 2 (not under
+    a test runner that captures sys.stderr)."""
+    try:
+        real = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        real = False
+    if not real:
+        return Console(stderr=True)
+    sys.stderr.flush()
+    return Console(file=os.fdopen(filter_native_stderr(), "w", buffering=1))
+
+
 def print_summary(console: Console, r: RunResult) -> None:
     c = r.counts
     console.print(f"[bold]{r.out}[/]: {c.get('ok', 0)} ok, {c.get('failed', 0)} failed, {c.get('skipped', 0)} "
@@ -52,6 +114,17 @@ def print_summary(console: Console, r: RunResult) -> None:
         for reason, n in sorted(r.reasons.items(), key=lambda kv: -kv[1]):
             table.add_row(str(n), reason)
         console.print(table)
+    failed = c.get("failed", 0)
+    if r.retried:
+        console.print(f"retried {r.retried} failed clip(s) of finished shards")
+    if r.too_many_failed:
+        tried = c.get("ok", 0) + failed
+        why = "every clip" if failed == tried else f"{100 * r.failed_fraction:.0f}%, more than"
+        console.print(f"[red]error:[/] {failed} of {tried} clips failed ({why} preprocess.max_failed_fraction="
+                      f"{r.max_failed_fraction:g}); fix the inputs, then rerun with --retry-failed", soft_wrap=True,
+                      highlight=False)
+    elif failed:
+        console.print(f"{failed} failed clip(s): rerun with --retry-failed to process them again")
 
 
 def preprocess(
@@ -77,6 +150,8 @@ def preprocess(
     ray_address: Optional[str] = typer.Option(None, "--ray-address",
                                               help="Ray cluster: `auto` or HOST:PORT. Default: local Ray in-process."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete a previous output in --out and start over."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Process the failed clips of an existing output "
+                                                                    "again, in place (and any unfinished shard)."),
     samples_per_shard: Optional[int] = typer.Option(None, "--samples-per-shard",
                                                     help="Clips per shard (config preprocess.samples_per_shard)."),
     latents: Optional[str] = typer.Option(None, "--latents", help="sample (one posterior sample x scaling factor) or "
@@ -89,10 +164,10 @@ def preprocess(
     """Decode clips once and cache VAE latents, T5 embeddings, teacher features and motion maps as shards."""
     from configs import ConfigError, load_config
     from pipeline.dataset_info import OutputMismatch
-    from pipeline.run import PreprocessError, run_preprocess
+    from pipeline.run import PreprocessError, RunStalled, run_preprocess
     from pipeline.sources import SourceError
 
-    console = Console(stderr=True)
+    console = _console()
     overrides = list(override or [])
     for key, value in (("samples_per_shard", samples_per_shard), ("latents", latents),
                        ("teacher_dtype", teacher_dtype)):
@@ -117,7 +192,10 @@ def preprocess(
     state: dict[str, Any] = {"task": None, "ok": 0, "failed": 0, "skipped": 0}
 
     def on_start(todo: int, total: int) -> None:
-        if todo < total:
+        if retry_failed:
+            console.print(f"--retry-failed: {todo} clip(s) to process (the failed ones of finished shards, and "
+                          f"those of unfinished shards)")
+        elif todo < total:
             console.print(f"resuming: {total - todo} of {total} clips are in finished shards")
         state["task"] = bar.add_task("clips", total=todo, status="")
 
@@ -126,12 +204,24 @@ def preprocess(
         bar.update(state["task"], advance=1,
                    status=f"ok {state['ok']} failed {state['failed']} skipped {state['skipped']}")
 
+    def on_plan(lines: list[str]) -> None:
+        for line in lines:
+            console.print(line, soft_wrap=True, highlight=False)
+
     try:
         with bar:
             result = run_preprocess(src, out, cfg, subset=subset, limit=limit, ray_address=ray_address,
-                                    overwrite=overwrite, on_start=on_start, on_row=on_row, csvs=csv, videos=videos,
-                                    where=where, sample=sample, seed=seed)
+                                    overwrite=overwrite, retry_failed=retry_failed, on_start=on_start,
+                                    on_row=on_row, on_plan=on_plan,
+                                    on_notice=lambda line: console.print(f"[yellow]warning:[/] {line}",
+                                                                         soft_wrap=True, highlight=False),
+                                    csvs=csv, videos=videos, where=where, sample=sample, seed=seed)
     except (OutputMismatch, PreprocessError, SourceError, ConfigError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
         raise typer.Exit(2)
+    except RunStalled as e:
+        console.print(f"[red]stalled:[/] {e}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1)
     print_summary(console, result)
+    if result.too_many_failed:
+        raise typer.Exit(1)

@@ -16,7 +16,8 @@ from typing import Any, Optional
 from configs.schema import Config
 from pipeline.layout import DATASET_JSON, FORMAT_VERSION, FRAME_RULE, member_specs, preview_layout
 
-RESOURCE_KEYS = ("decode", "teacher", "vae", "text")  # per-stage Ray resources: never change bytes
+# Per-stage Ray resources and run policy (timeouts, failure threshold): never change the bytes of a sample.
+RESOURCE_KEYS = ("decode", "teacher", "vae", "text", "max_failed_fraction", "stall_timeout_s")
 PREPROCESS_MODELS = ("vae", "text_encoder", "tokenizer", "teacher")
 GEOMETRY_ADDED = {"student_patch_t": 1, "teacher_size": None}  # key: value that equals the older outputs
 

@@ -5,6 +5,12 @@ constructor loads its model once per actor (tiny refs are materialised there, at
 and cached), `__call__` takes a batch dict of numpy columns (see pipeline/prepare.py), runs
 the model on the rows whose `ok` is True and returns the batch with its input column
 replaced by its output column. Failed rows get zero outputs and are never written.
+
+A model that raises on a batch (CUDA out of memory on one long clip, a shape error) fails
+only the clips concerned: the batch is retried clip by clip, and a clip that still raises
+becomes a failed row ("<stage>: <error>"), its reason in `row_json`. The run goes on.
+Test hook (pipeline/hooks.py): `raise_stage: <stage>:<key>` makes that stage raise on any batch
+holding that key.
 """
 from __future__ import annotations
 
@@ -48,6 +54,63 @@ def _ok_rows(batch: dict[str, np.ndarray]) -> np.ndarray:
     return np.flatnonzero(np.asarray(batch["ok"], dtype=bool))
 
 
+def _injected_failure(stage: str, keys: list[str]) -> None:
+    from pipeline.hooks import test_hook
+
+    spec = test_hook("raise_stage") or ""
+    if spec.partition(":")[0] == stage and spec.partition(":")[2] in keys:
+        raise RuntimeError(f"injected failure (raise_stage {spec})")
+
+
+def fail_row(batch: dict[str, np.ndarray], i: int, error: str) -> None:
+    """Mark row `i` of `batch` failed with `error` (its ok flag and manifest row)."""
+    import json
+
+    batch["ok"][i] = False
+    row = json.loads(str(batch["row_json"][i]))
+    row.update(status="failed", error=error)
+    rows = batch["row_json"].astype(object)
+    rows[i] = json.dumps(row)
+    batch["row_json"] = rows
+
+
+def run_rows(stage: str, batch: dict[str, np.ndarray], compute) -> None:
+    """Run `compute(rows)` on the ok rows of `batch`; if it raises, retry one row at a time and
+    fail the rows that still raise (see module docstring). `compute` fills the outputs itself."""
+    from pipeline.decode import clean_error
+
+    batch["ok"] = np.array(batch["ok"], dtype=bool)  # a writable copy
+    rows = _ok_rows(batch)
+    if not len(rows):
+        return
+    keys = [str(k) for k in batch["key"]] if "key" in batch else []
+
+    def attempt(sel: np.ndarray) -> None:
+        _injected_failure(stage, [keys[i] for i in sel] if keys else [])
+        compute(sel)
+
+    try:
+        attempt(rows)
+        return
+    except Exception as e:  # noqa: BLE001 (any model error fails clips, never the run)
+        first = e
+        _free_cuda()
+    if len(rows) == 1:
+        fail_row(batch, int(rows[0]), f"{stage}: {clean_error(first)}")
+        return
+    for i in rows:
+        try:
+            attempt(np.array([i]))
+        except Exception as e:  # noqa: BLE001
+            _free_cuda()
+            fail_row(batch, int(i), f"{stage}: {clean_error(e)}")
+
+
+def _free_cuda() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class TeacherStage:
     """teacher_in float32 [B, 3, T, h, w] -> teacher float32 [B, N, dim]."""
 
@@ -64,12 +127,14 @@ class TeacherStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from pipeline.teacher import teacher_features
 
-        rows = _ok_rows(batch)
         inputs = batch.pop("teacher_in")
         out = np.zeros((len(inputs), *self.out_shape), np.float32)
-        if len(rows):
+
+        def compute(rows: np.ndarray) -> None:
             feats = teacher_features(self.model, torch.from_numpy(np.ascontiguousarray(inputs[rows])))
             out[rows] = feats.float().cpu().numpy()
+
+        run_rows("teacher", batch, compute)
         batch["teacher"] = out
         return batch
 
@@ -120,14 +185,16 @@ class VaeStage:
         return {"latent": sample.cpu().numpy()}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = _ok_rows(batch)
         frames = batch.pop("frames")
         names = ["latent"] if self.cfg.preprocess.latents == "sample" else ["latent_mean", "latent_logvar"]
         outs = {n: np.zeros((len(frames), *self.latent_shape), np.float32) for n in names}
-        if len(rows):
+
+        def compute(rows: np.ndarray) -> None:
             enc = self._encode(frames[rows], [str(batch["key"][i]) for i in rows])
             for n in names:
                 outs[n][rows] = enc[n]
+
+        run_rows("vae", batch, compute)
         batch.update(outs)
         return batch
 
@@ -160,9 +227,11 @@ class TextStage:
         return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = _ok_rows(batch)
         out = np.zeros((len(batch["ok"]), *self.shape), np.float32)
-        if len(rows):
+
+        def compute(rows: np.ndarray) -> None:
             out[rows] = self.encode([str(batch["caption"][i]) for i in rows])
+
+        run_rows("text", batch, compute)
         batch["text"] = out
         return batch

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from configs.schema import Config, config_from_dict
-from pipeline.decode import DecodeError, clean_error, decode_clip
+from pipeline.decode import DecodeError, clean_error
+from pipeline.decode_proc import decode_with_timeout
 from pipeline.encode import preview_jpeg
 
 
@@ -60,7 +61,7 @@ class Prepare:
             return self._failed(base, item, item["status"], item["error"])
         torch.set_num_threads(1)  # parallelism comes from Ray tasks
         try:
-            clip = decode_clip(item["path"], cfg.geometry)
+            clip = decode_with_timeout(item["path"], cfg.geometry, cfg.preprocess.decode.timeout_s)
         except DecodeError as e:
             return self._failed(base, item, "failed", str(e))
         try:

@@ -1,15 +1,18 @@
 """`tsa preprocess`: one Ray Data pipeline from the clip list to finished shards.
 
-    items (driver) -> map: decode + motion + preview (CPU tasks)
+    connect to Ray (clear exit-2 errors) -> plan: actors per stage from the cluster (pipeline/plan.py)
+    -> storage check on every node -> write dataset.json
+    items (driver) -> map: decode (in a killable child, with a deadline) + motion + preview (CPU tasks)
                    -> map_batches: VAE, teacher, T5 (actor pools; num_gpus/num_cpus/batch_size/actors
                       from cfg.preprocess.<stage>; fractional GPUs let one GPU host all three)
-                   -> iter_rows in the driver, in input order (preserve_order) -> ShardWriter
+                   -> iter_rows in the driver, in completion order -> ShardAssembler
 
-Writing in the driver is the simple, correct choice here: rows arrive in input order, so
-each shard is written front to back and published (tar rename, then `.json` marker) as
-soon as its last row arrives; memory holds one row at a time. A killed run leaves at most a
-`.tmp` tar, removed on restart; shards with a marker are never redone. The VAE runs first
-so the big decoded frames leave the object store early.
+Rows arrive in whatever order they finish (no `preserve_order`: one slow or stuck clip holds
+back no other). The assembler still writes each shard in input order (early rows spill to a
+per-shard temporary file) and publishes it (tar rename, then `.json` marker) when its last row
+arrives. A killed run leaves only `.tmp` files, removed on restart; shards with a marker are
+never redone, except the failed rows of `--retry-failed`. A watchdog stops the run with a
+message naming what waits when no row arrives for `preprocess.stall_timeout_s`.
 """
 from __future__ import annotations
 
@@ -27,12 +30,17 @@ from pipeline.dataset_info import (
     read_dataset_info,
 )
 from pipeline.layout import DATASET_JSON, MANIFEST, MASKS, SHARDS_DIR, TMP_SUFFIX, shard_marker, shard_of
+from pipeline.selection import SUBSET_FILE
 from pipeline.sources import ClipItem, select_inputs
-from pipeline.writer import ShardWriter, remove_partial_shards, write_json_atomic
+from pipeline.writer import remove_partial_shards, write_json_atomic
 
 
 class PreprocessError(RuntimeError):
     """A real error that stops the run (bad config, missing --src, cluster without GPUs, ...)."""
+
+
+class RunStalled(RuntimeError):
+    """No clip finished for `preprocess.stall_timeout_s` while clips remained."""
 
 
 @dataclass
@@ -47,20 +55,46 @@ class RunResult:
     ray_start_s: float = 0.0
     process_s: float = 0.0  # first row requested -> last shard published
     removed_partial: int = 0
+    retried: int = 0  # failed rows of finished shards re-processed (--retry-failed)
+    max_failed_fraction: float = 0.5
 
     @property
     def clips_per_s(self) -> float:
         return self.processed / self.process_s if self.process_s > 0 else 0.0
 
+    @property
+    def failed_fraction(self) -> float:
+        """Failed clips over the clips that were tried (ok + failed; skipped duplicates aside)."""
+        tried = self.counts.get("ok", 0) + self.counts.get("failed", 0)
+        return self.counts.get("failed", 0) / tried if tried else 0.0
+
+    @property
+    def too_many_failed(self) -> bool:
+        """Every clip failed, or more than `preprocess.max_failed_fraction` of them: exit non-zero."""
+        failed = self.counts.get("failed", 0)
+        return failed > 0 and (failed == self.counts.get("ok", 0) + failed
+                               or self.failed_fraction > self.max_failed_fraction)
+
 
 def _clear_output(out: Path) -> None:
     """--overwrite: remove what a previous run wrote (only our files, never the whole folder)."""
-    for name in (DATASET_JSON, MANIFEST, MASKS, DATASET_JSON + TMP_SUFFIX, MANIFEST + TMP_SUFFIX,
+    for name in (DATASET_JSON, MANIFEST, MASKS, SUBSET_FILE, DATASET_JSON + TMP_SUFFIX, MANIFEST + TMP_SUFFIX,
                  MASKS + TMP_SUFFIX):
         (out / name).unlink(missing_ok=True)
     shards = out / SHARDS_DIR
     if shards.is_dir():
         shutil.rmtree(shards)
+
+
+def check_output(out: Path, info: dict[str, Any], overwrite: bool) -> None:
+    """Refuse an `out` that holds another output (read-only: nothing is written yet)."""
+    if overwrite:
+        return
+    old = read_dataset_info(out)
+    if old is not None:
+        check_same_output(old, info, out)
+    elif (out / SHARDS_DIR).is_dir() and any((out / SHARDS_DIR).iterdir()):
+        raise PreprocessError(f"{out}/{SHARDS_DIR} has files but no {DATASET_JSON}; use --overwrite or another --out")
 
 
 def prepare_output(out: Path, info: dict[str, Any], overwrite: bool) -> int:
@@ -69,11 +103,7 @@ def prepare_output(out: Path, info: dict[str, Any], overwrite: bool) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         _clear_output(out)
-    old = read_dataset_info(out)
-    if old is not None:
-        check_same_output(old, info, out)
-    elif (out / SHARDS_DIR).is_dir() and any((out / SHARDS_DIR).iterdir()):
-        raise PreprocessError(f"{out}/{SHARDS_DIR} has files but no {DATASET_JSON}; use --overwrite or another --out")
+    check_output(out, info, False)
     write_json_atomic(out / DATASET_JSON, info)
     return len(remove_partial_shards(out))
 
@@ -86,8 +116,51 @@ def _check_gpus(cfg: Config, ray_module) -> None:
                               f"(e.g. -o preprocess.vae.num_gpus=0) to run on CPU, or use --ray-address for a GPU cluster")
 
 
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _reachable(address: str) -> Optional[str]:
+    """For HOST:PORT, None when a TCP connection opens within CONNECT_TIMEOUT_S, else why not
+    (ray.init would retry for minutes)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if address.startswith(("ray://", "http://", "https://")) or not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        return f"{type(e).__name__}: {e.strerror or e}"
+    return None
+
+
+def _refused(address: str) -> Optional[str]:
+    """One direct GCS request (milliseconds): why the cluster refuses us (a token it does not
+    accept), or None. ray.init would retry for ~20 s and then report only a ConnectionError."""
+    if address.startswith(("ray://", "http://", "https://")):
+        return None
+    try:
+        from ray._raylet import GcsClient
+
+        GcsClient(address=address).cluster_id
+    except Exception as e:  # noqa: BLE001 (only an authentication refusal is decided here)
+        if "Authentication" in type(e).__name__:
+            first = str(e).split(". ")[0]
+            return (f"{type(e).__name__}: {first}; for a token-authenticated cluster set RAY_AUTH_MODE=token "
+                    f"and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to its token")
+    return None
+
+
+def quiet_ray_loggers() -> None:
+    """Ray's token-auth notice is advice for cluster admins, not for this run's output."""
+    import logging
+
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
 def start_ray(address: Optional[str]) -> tuple[bool, float]:
-    """Connect to (or start) Ray. Returns (started_here, seconds)."""
+    """Connect to (or start) Ray. Returns (started_here, seconds). A cluster that cannot be
+    reached or refuses us is a PreprocessError within seconds, before anything is written."""
     import ray
 
     t0 = time.perf_counter()
@@ -95,17 +168,34 @@ def start_ray(address: Optional[str]) -> tuple[bool, float]:
         return False, 0.0
     from configs.tiny_models import cache_root
 
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"TSA_CACHE": str(cache_root())}} if address is None else None)
+    quiet_ray_loggers()
+    if address not in (None, "auto", "local"):
+        why = _reachable(address) or _refused(address)
+        if why:
+            raise PreprocessError(f"--ray-address {address}: cannot reach the Ray cluster ({why})")
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": {"TSA_CACHE": str(cache_root())}} if address is None else None)
+    except Exception as e:  # AuthenticationError, ConnectionError, a wrong address: one clear line each
+        ray.shutdown()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        # Ray reports a refused token as AuthenticationError, or (after ~20 s of retries) as a
+        # ConnectionError whose cause is only in its native log lines.
+        hint = " (if the cluster uses token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or " \
+               "RAY_AUTH_TOKEN_PATH to its token)" \
+            if "auth" in f"{type(e).__name__} {e}".lower() or (address and isinstance(e, ConnectionError)) else ""
+        raise PreprocessError(f"--ray-address {address or '(local)'}: cannot connect to Ray: {type(e).__name__}: "
+                              f"{first[:300]}{hint}") from None
     return True, time.perf_counter() - t0
 
 
 def configure_ray_data() -> None:
-    """Rows in input order (the writer relies on it); no Ray Data progress bars (ours is the bar)."""
+    """Rows in completion order (the assembler restores input order); no Ray Data progress bars
+    (ours is the bar)."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True
+    ctx.execution_options.preserve_order = False
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     # Its advice (reserve `memory=` per actor) is a cluster-sizing choice; the config's resources decide.
@@ -123,8 +213,9 @@ def prepare_dataset(items: list[ClipItem], cfg: Config):
     return ds.map(_prepare_row, fn_kwargs={"cfg_dict": cfg.to_dict()}, num_cpus=cfg.preprocess.decode.num_cpus)
 
 
-def build_dataset(items: list[ClipItem], cfg: Config):
-    """The lazy Ray Dataset of finished rows for `items` (see the module docstring)."""
+def build_dataset(items: list[ClipItem], cfg: Config, actors: Optional[dict[str, int]] = None):
+    """The lazy Ray Dataset of finished rows for `items` (see the module docstring). `actors`:
+    pool size per model stage (pipeline.plan.make_plan); default: the config's integers, 1 for auto."""
     from ray.data import ActorPoolStrategy
 
     from configs.tiny_models import cache_root
@@ -133,9 +224,11 @@ def build_dataset(items: list[ClipItem], cfg: Config):
     ds = prepare_dataset(items, cfg)
     p = cfg.preprocess
     kwargs = {"cfg_dict": cfg.to_dict(), "cache_dir": str(cache_root())}
-    for stage, res in ((VaeStage, p.vae), (TeacherStage, p.teacher), (TextStage, p.text)):
+    for name, stage in (("vae", VaeStage), ("teacher", TeacherStage), ("text", TextStage)):
+        res = getattr(p, name)
+        size = (actors or {}).get(name) or (res.actors if isinstance(res.actors, int) else 1)
         ds = ds.map_batches(stage, fn_constructor_kwargs=kwargs, batch_format="numpy", batch_size=res.batch_size,
-                            compute=ActorPoolStrategy(size=res.actors), num_gpus=res.num_gpus,
+                            compute=ActorPoolStrategy(size=size), num_gpus=res.num_gpus,
                             num_cpus=res.num_cpus, zero_copy_batch=False)
     return ds
 
@@ -163,63 +256,195 @@ def _prepare_row(row: dict[str, Any], cfg_dict: dict[str, Any]) -> dict[str, Any
     return prep(item)
 
 
+def shard_slots(items: list[ClipItem], sps: int, total: int) -> dict[int, list[int]]:
+    """Every input position of each shard that `items` touch."""
+    shards = sorted({shard_of(it.index, sps) for it in items})
+    return {s: list(range(s * sps, min(total, (s + 1) * sps))) for s in shards}
+
+
 def write_rows(out: Path, rows, items: list[ClipItem], cfg: Config,
-               on_row: Optional[Callable[[dict[str, Any]], None]] = None) -> tuple[int, dict[str, int]]:
-    """Write the rows (in input order) into their shards; returns (shards written, failure reasons)."""
+               on_row: Optional[Callable[[dict[str, Any]], None]] = None,
+               keep: Optional[dict[int, dict[str, Any]]] = None,
+               total: Optional[int] = None) -> tuple[int, dict[str, int]]:
+    """Write the rows (any order) into their shards; returns (shards written, failure reasons).
+
+    `items` are the clips of this run. `keep` (--retry-failed) maps a finished shard to its
+    marker: its positions that are not in `items` keep their stored rows and bytes. `total` is
+    the length of the whole input list (default: the last item's position + 1).
+    """
     import json
 
     import numpy as np
 
     from pipeline.encode import encode_sample
     from pipeline.layout import member_specs
+    from pipeline.writer import ShardAssembler
 
     sps = cfg.preprocess.samples_per_shard
-    expected: dict[int, int] = {}
-    for it in items:
-        expected[shard_of(it.index, sps)] = expected.get(shard_of(it.index, sps), 0) + 1
+    total = total if total is not None else (max(it.index for it in items) + 1 if items else 0)
+    slots = shard_slots(items, sps, total)
     arrays_wanted = [n[:-len(".npy")] for n in member_specs(cfg) if n != "teacher_scale.npy"]
-    writer: Optional[ShardWriter] = None
-    seen = 0
+    assembler = ShardAssembler(out, slots)
     written = 0
     reasons: dict[str, int] = {}
     try:
+        redo = {it.index for it in items}
+        for shard, marker in (keep or {}).items():
+            if assembler.keep(shard, marker, redo) is not None:
+                written += 1
         for row in rows:
             index = int(row["index"])
-            shard = shard_of(index, sps)
-            if writer is None or writer.shard != shard:
-                if writer is not None:
-                    raise PreprocessError(f"shard {writer.shard} ended after {seen} of {expected[writer.shard]} rows")
-                writer, seen = ShardWriter(out, shard), 0
             manifest = json.loads(row["row_json"])
+            members = None
             if bool(row["ok"]):
                 try:
                     arrays = {n: np.asarray(row[n]) for n in arrays_wanted}
                     members = encode_sample(arrays, bytes(row["preview"]), json.loads(row["meta_json"]), cfg)
                 except (ValueError, KeyError) as e:
                     manifest.update(status="failed", error=f"encoding: {e}")
-                    writer.add(manifest)
-                else:
-                    writer.add(manifest, members)
-            else:
-                writer.add(manifest)
+            if assembler.add(index, manifest, members) is not None:
+                written += 1
             if manifest["status"] == "failed":
                 reason = _reason(manifest["error"])
                 reasons[reason] = reasons.get(reason, 0) + 1
-            seen += 1
             if on_row is not None:
                 on_row(manifest)
-            if seen == expected[shard]:
-                writer.close()
-                writer = None
-                written += 1
     except BaseException:
-        if writer is not None:
-            writer.abort()
+        assembler.abort()
         raise
-    if writer is not None:
-        writer.abort()
-        raise PreprocessError(f"the pipeline ended inside shard {writer.shard} ({seen} of {expected[writer.shard]} rows)")
+    missing = assembler.pending()
+    if missing:
+        assembler.abort()
+        raise PreprocessError(f"the pipeline ended with {sum(missing.values())} row(s) missing in shard(s) "
+                              f"{sorted(missing)[:10]}")
     return written, reasons
+
+
+_END = object()
+
+
+def iter_with_watchdog(rows, stall_s: float, describe: Callable[[float], str],
+                       poll: Optional[Callable[[], None]] = None, poll_s: float = 15.0):
+    """Yield from `rows` (iterated in a helper thread); raise RunStalled(describe(stall_s)) when
+    no row arrives for `stall_s` seconds. `poll()` runs every `poll_s` seconds while waiting."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=2)
+
+    def pump() -> None:
+        try:
+            for row in rows:
+                q.put(row)
+            q.put(_END)
+        except BaseException as e:  # handed to the consumer
+            q.put(e)
+
+    threading.Thread(target=pump, name="tsa-rows", daemon=True).start()
+    last = time.monotonic()
+    while True:
+        left = stall_s - (time.monotonic() - last)
+        if left <= 0:
+            raise RunStalled(describe(stall_s))
+        try:
+            item = q.get(timeout=min(left, poll_s) if poll is not None else left)
+        except queue.Empty:
+            if poll is not None:
+                poll()
+            continue
+        last = time.monotonic()
+        if item is _END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+class NodeWatch:
+    """Reports nodes that leave the cluster during the run (`notice(line)`), once each."""
+
+    def __init__(self, ray_module, notice: Optional[Callable[[str], None]]):
+        self.ray, self.notice = ray_module, notice
+        self.alive = self._alive()
+
+    def _alive(self) -> dict[str, str]:
+        try:
+            return {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in self.ray.nodes() if n.get("Alive")}
+        except Exception:  # a cluster that does not answer shows up in the stall message
+            return {}
+
+    def __call__(self) -> None:
+        now = self._alive()
+        if not now:
+            return
+        for node, addr in self.alive.items():
+            if node not in now and self.notice is not None:
+                self.notice(f"node {addr} left the Ray cluster; the run goes on with {len(now)} node(s) (Ray "
+                            f"restarts its actors elsewhere; if no clip finishes for preprocess.stall_timeout_s "
+                            f"the run stops, and the same command resumes)")
+        self.alive = now
+
+
+def describe_stall(ray_module, cfg: Config, remaining: int, total: int, stall_s: float) -> str:
+    """What the run is waiting for: alive/dead nodes, free vs total resources, per-stage needs."""
+    p = cfg.preprocess
+    try:
+        nodes = ray_module.nodes()
+        alive = [n for n in nodes if n.get("Alive")]
+        free = ray_module.available_resources()
+        tot = ray_module.cluster_resources()
+    except Exception as e:  # the cluster itself is gone
+        return (f"no clip finished for {stall_s:g} s with {remaining} of {total} clips left, and the Ray "
+                f"cluster does not answer ({type(e).__name__}: {e})")
+    lines = [f"no clip finished for {stall_s:g} s (preprocess.stall_timeout_s) with {remaining} of {total} clips "
+             f"left; the run stops (rerun the same command to resume)",
+             f"cluster now: {len(alive)} alive node(s), {len(nodes) - len(alive)} dead; CPU {free.get('CPU', 0):g} "
+             f"free of {tot.get('CPU', 0):g}, GPU {free.get('GPU', 0):g} free of {tot.get('GPU', 0):g}"]
+    waiting = []
+    if free.get("CPU", 0) < p.decode.num_cpus:
+        waiting.append(f"decode tasks need {p.decode.num_cpus:g} CPU each and {free.get('CPU', 0):g} are free "
+                       f"(the actor pools may hold every CPU left, e.g. after a node was lost)")
+    for s in ("vae", "teacher", "text"):
+        r = getattr(p, s)
+        if free.get("GPU", 0) < r.num_gpus or free.get("CPU", 0) < r.num_cpus:
+            waiting.append(f"a {s} actor that is (re)starting needs {r.num_gpus:g} GPU + {r.num_cpus:g} CPU")
+    if waiting:
+        lines.append("waiting for resources: " + "; ".join(waiting))
+    else:
+        lines.append("every stage has resources: a clip or a model call is taking longer than the timeout "
+                     "(raise preprocess.stall_timeout_s for a first model download)")
+    return "\n".join(lines)
+
+
+def _running_executors() -> set:
+    """Ray Data's streaming executors running in this process (each is a thread)."""
+    import threading
+
+    try:
+        from ray.data._internal.execution.streaming_executor import StreamingExecutor
+    except ImportError:
+        return set()
+    return {t for t in threading.enumerate() if isinstance(t, StreamingExecutor)}
+
+
+def _stop_executors(before: set) -> None:
+    """Shut down the executors started since `before`: a run that stops early (stalled, Ctrl-C)
+    must not leave its actors and tasks running in a Ray that outlives it (a caller's Ray, or
+    until ray.shutdown). Ray Data records the executor on the Dataset only after its first row,
+    so a stalled run's executor is found among the threads."""
+    for ex in _running_executors() - before:
+        try:
+            ex.shutdown(force=True)
+        except Exception:  # noqa: BLE001 (best effort on the way out)
+            pass
+
+
+def _first_error_line(e: BaseException) -> str:
+    """The innermost error of a Ray exception's text (its last `SomethingError: ...` line)."""
+    import re
+
+    lines = [ln.strip() for ln in str(e).splitlines() if re.match(r"\s*[\w.]+(Error|Exception): ", ln)]
+    return (lines[-1] if lines else f"{type(e).__name__}: {str(e).strip()[:300]}")[:500]
 
 
 def _reason(error: Optional[str]) -> str:
@@ -236,23 +461,49 @@ def clip_list_fingerprint(items: list[ClipItem]) -> str:
     return inputs_fingerprint([(it.key, it.video, it.caption) for it in items])
 
 
+def _retry_rows(out: Path, items: list[ClipItem], done: set[int], sps: int
+                ) -> tuple[list[ClipItem], dict[int, dict[str, Any]]]:
+    """--retry-failed: the failed items of finished shards, and those shards' markers."""
+    from pipeline.reader import read_marker
+
+    by_index = {it.index: it for it in items}
+    redo: list[ClipItem] = []
+    keep: dict[int, dict[str, Any]] = {}
+    for s in sorted(done):
+        marker = read_marker(out, s)
+        failed = [s * sps + i for i, r in enumerate(marker["rows"]) if r["status"] == "failed"]
+        if failed:
+            keep[s] = marker
+            redo += [by_index[i] for i in failed]
+    return redo, keep
+
+
 def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Optional[str | Path] = None,
                    limit: Optional[int] = None, ray_address: Optional[str] = None, overwrite: bool = False,
+                   retry_failed: bool = False,
                    on_start: Optional[Callable[[int, int], None]] = None,
-                   on_row: Optional[Callable[[dict[str, Any]], None]] = None, **inputs: Any) -> RunResult:
+                   on_row: Optional[Callable[[dict[str, Any]], None]] = None,
+                   on_plan: Optional[Callable[[list[str]], None]] = None,
+                   on_notice: Optional[Callable[[str], None]] = None, **inputs: Any) -> RunResult:
     """Preprocess the clips in `src` into `out`. `cfg` is used with its model refs as written
     (e.g. `tiny`); they are resolved for hashing here and inside each actor. `inputs`: the other
     input options of `pipeline.sources.select_inputs` (csvs, videos, where, sample, seed).
 
-    `on_start(todo_clips, total_clips)` and `on_row(manifest_row)` drive a progress display.
+    `on_start(todo_clips, total_clips)`, `on_row(manifest_row)`, `on_plan(lines)` and
+    `on_notice(line)` (a node left the cluster) drive the display. `retry_failed` also re-processes the failed rows of finished shards, in place.
     """
     import copy
+
+    import ray
 
     from configs.tiny_models import resolve_tiny
     from pipeline.finalize import finalize
     from pipeline.model_refs import model_records, vae_scaling_factor
+    from pipeline.plan import check_storage, cluster_totals, make_plan, readable_sample
 
     out = Path(out)
+    if retry_failed and overwrite:
+        raise PreprocessError("--retry-failed and --overwrite exclude each other")
     selection = select_inputs(src, subset=subset, limit=limit, **inputs)
     items = selection.items
     resolved = resolve_tiny(copy.deepcopy(cfg))
@@ -260,32 +511,71 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
     info = build_dataset_info(cfg, models=models, num_clips=len(items),
                               inputs_fp=clip_list_fingerprint(items),
                               scaling_factor=vae_scaling_factor(resolved), source=selection.source)
-    removed = prepare_output(out, info, overwrite)
-    selection.write_subset(out)
+    check_output(out, info, overwrite)
+    if retry_failed and read_dataset_info(out) is None:
+        raise PreprocessError(f"--retry-failed: {out} holds no tsa preprocess output yet")
     sps = cfg.preprocess.samples_per_shard
     n_shards = info["num_shards"]
-    done = {s for s in range(n_shards) if shard_marker(out, s).exists()}
+    done = set() if overwrite else {s for s in range(n_shards) if shard_marker(out, s).exists()}
     todo = [it for it in items if shard_of(it.index, sps) not in done]
-    if on_start is not None:
-        on_start(len(todo), len(items))
-
+    keep: dict[int, dict[str, Any]] = {}
+    retried = 0
+    if retry_failed:
+        redo, keep = _retry_rows(out, items, done, sps)
+        retried = len(redo)
+        todo = sorted(todo + redo, key=lambda it: it.index)
     result = RunResult(out=out, total=len(items), counts={}, processed=len(todo), shards_written=0,
-                       shards_done_before=len(done), removed_partial=removed)
-    if todo:
+                       shards_done_before=len(done) - len(keep), retried=retried,
+                       max_failed_fraction=cfg.preprocess.max_failed_fraction)
+    if not todo:
+        if on_start is not None:
+            on_start(0, len(items))
+        result.removed_partial = prepare_output(out, info, overwrite)
+        selection.write_subset(out)
+    else:
         started, result.ray_start_s = start_ray(ray_address)
         try:
-            import ray
-
             _check_gpus(cfg, ray)
+            plan = make_plan(cfg, *cluster_totals(ray), num_clips=len(todo))
+            if on_plan is not None:
+                on_plan(plan.lines(cfg))
+            problems = check_storage(ray, selection.source,
+                                     readable_sample([it.path for it in todo if it.status == "ok"]),
+                                     str(out.resolve()))
+            if problems:
+                raise PreprocessError("storage that every node must see is missing on some node(s):\n  "
+                                      + "\n  ".join(problems))
+            result.removed_partial = prepare_output(out, info, overwrite)
+            selection.write_subset(out)
+            if on_start is not None:
+                on_start(len(todo), len(items))
             t0 = time.perf_counter()
-            ds = build_dataset(todo, cfg)
-            result.shards_written, result.reasons = write_rows(out, ds.iter_rows(), todo, cfg, on_row)
+            before = _running_executors()
+            ds = build_dataset(todo, cfg, plan.actors)
+            state = {"rows": 0}
+            rows = iter_with_watchdog(
+                ds.iter_rows(), cfg.preprocess.stall_timeout_s,
+                lambda s: describe_stall(ray, cfg, len(todo) - state["rows"], len(todo), s),
+                poll=NodeWatch(ray, on_notice))
+
+            def counted(row: dict[str, Any]) -> None:
+                state["rows"] += 1
+                if on_row is not None:
+                    on_row(row)
+
+            try:
+                result.shards_written, result.reasons = write_rows(out, rows, todo, cfg, counted, keep=keep,
+                                                                   total=len(items))
+            except ray.exceptions.RayError as e:  # e.g. an actor whose model cannot load: not one clip's fault
+                _stop_executors(before)
+                raise PreprocessError(f"the Ray pipeline failed (finished shards are kept; the same command "
+                                      f"resumes): {_first_error_line(e)}") from None
+            except BaseException:  # stalled, interrupted: stop this run's Ray Data execution too
+                _stop_executors(before)
+                raise
             result.process_s = time.perf_counter() - t0
         finally:
             if started:
-                import ray
-
                 ray.shutdown()
     result.counts = finalize(out, n_shards, tuple(cfg.geometry.teacher_grid))
     return result
-

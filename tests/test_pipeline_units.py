@@ -212,8 +212,8 @@ def test_vae_input_in_half_precision_is_rounded_once(tiny_cfg):
     stage.dtype, stage.vae = torch.bfloat16, Spy()
     values = np.arange(256, dtype=np.uint8)
     frames = np.broadcast_to(np.resize(values, (9, 192, 288))[None, ..., None], (1, 9, 192, 288, 3)).copy()
-    with pytest.raises(Captured):
-        stage({"ok": np.array([True]), "key": np.array(["k"]), "frames": frames})
+    with pytest.raises(Captured):  # (stage(batch) would turn the error into a failed row)
+        stage._encode(frames, ["k"])
     got = stage.vae.x
     assert got.dtype == torch.bfloat16 and tuple(got.shape) == (1, 3, 9, 192, 288)
     expected = (torch.from_numpy(frames).permute(0, 4, 1, 2, 3).double() / 127.5 - 1).to(torch.bfloat16)

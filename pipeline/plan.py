@@ -1,0 +1,134 @@
+"""Before any model loads: size the actor pools from the cluster, and check shared storage.
+
+`make_plan` turns `preprocess.<stage>.actors: auto` into a number from what Ray reports:
+a GPU stage gets one actor per "GPU share", share = the sum of the GPU stages' `num_gpus`
+(0.5 + 0.25 + 0.25 = 1 GPU at paper defaults), so on 8 GPUs each of VAE, teacher and T5 gets
+8 actors and the three pools fill the 8 GPUs exactly. A CPU stage (`num_gpus: 0`) gets one
+actor: more actors would take cores from the decode tasks; set an integer to have more. An
+integer in the config always wins. No pool gets more actors than it has batches to run.
+Decode tasks are not pooled: Ray Data runs as many as the CPUs left over allow.
+
+`check_storage` runs one task pinned to every alive node: each checks that it can read the
+source folder and a sample of the clips the driver can read, and create and delete a file in
+`--out`. A node that cannot stops the run with an error naming the node and the path (else
+it would mark good clips "file not found").
+"""
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from configs.schema import Config
+
+MODEL_STAGES = ("vae", "teacher", "text")  # pipeline order
+CHECK_CLIPS = 8  # clips each node opens in the storage check
+
+
+@dataclass
+class Plan:
+    nodes: int
+    cpus: float
+    gpus: float
+    actors: dict[str, int] = field(default_factory=dict)  # model stage -> pool size
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self, cfg: Config) -> list[str]:
+        p = cfg.preprocess
+        used_cpus = sum(self.actors[s] * getattr(p, s).num_cpus for s in MODEL_STAGES)
+        decode_slots = max(0, math.floor((self.cpus - used_cpus) / p.decode.num_cpus)) if p.decode.num_cpus else 0
+        out = [f"plan: {self.nodes} node(s), {self.cpus:g} CPUs, {self.gpus:g} GPUs; decode tasks "
+               f"{p.decode.num_cpus:g} CPU each (about {decode_slots} at once), timeout {p.decode.timeout_s:g} s"]
+        for s in MODEL_STAGES:
+            r = getattr(p, s)
+            how = "auto" if r.actors == "auto" else "config"
+            out.append(f"  {s:8} {self.actors[s]} actor(s) x ({r.num_gpus:g} GPU, {r.num_cpus:g} CPU), batch "
+                       f"{r.batch_size} ({how})")
+        return out + [f"  note: {n}" for n in self.notes]
+
+
+def cluster_totals(ray_module) -> tuple[int, float, float]:
+    """(alive nodes, CPUs, GPUs) as Ray reports them now."""
+    nodes = [n for n in ray_module.nodes() if n.get("Alive")]
+    res = ray_module.cluster_resources()
+    return len(nodes), float(res.get("CPU", 0)), float(res.get("GPU", 0))
+
+
+def make_plan(cfg: Config, nodes: int, cpus: float, gpus: float, num_clips: int) -> Plan:
+    """Actors per model stage (see the module docstring)."""
+    p = cfg.preprocess
+    plan = Plan(nodes=nodes, cpus=cpus, gpus=gpus)
+    gpu_stages = [s for s in MODEL_STAGES if getattr(p, s).num_gpus > 0]
+    share = sum(getattr(p, s).num_gpus for s in gpu_stages)
+    sets = max(1, math.floor(gpus / share + 1e-9)) if share and gpus else 1
+    for s in MODEL_STAGES:
+        r = getattr(p, s)
+        if r.actors != "auto":
+            plan.actors[s] = int(r.actors)
+            continue
+        n = sets if r.num_gpus > 0 else 1
+        batches = max(1, math.ceil(num_clips / r.batch_size))
+        if n > batches:
+            plan.notes.append(f"{s}: {n} actors would fit, {batches} used ({num_clips} clips)")
+            n = batches
+        plan.actors[s] = n
+    asked = sum(plan.actors[s] * getattr(p, s).num_gpus for s in gpu_stages)
+    if gpus and asked > gpus + 1e-9:
+        plan.notes.append(f"the pools ask for {asked:g} GPUs of {gpus:g}: some actors wait for a GPU")
+    return plan
+
+
+def node_storage_problems(src: str, clips: list[str], out: str) -> list[str]:
+    """What this machine cannot do: read `src` and `clips` (which the driver could read), write `out`."""
+    problems = []
+    if not os.path.isdir(src):
+        problems.append(f"cannot see --src {src}")
+    for path in clips:
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            problems.append(f"cannot read {path} ({e.strerror or type(e).__name__})")
+            break
+    probe = os.path.join(out, f".tsa-write-check-{uuid.uuid4().hex}")
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.unlink(probe)
+    except OSError as e:
+        problems.append(f"cannot write --out {out} ({e.strerror or type(e).__name__})")
+    return problems
+
+
+def _node_check(src: str, clips: list[str], out: str) -> dict[str, Any]:
+    import socket
+
+    return {"host": socket.gethostname(), "problems": node_storage_problems(src, clips, out)}
+
+
+def readable_sample(paths: list[str], n: int = CHECK_CLIPS) -> list[str]:
+    """Up to `n` clips the driver itself can read, spread over the list."""
+    step = max(1, len(paths) // (4 * n))
+    return [p for p in paths[::step][:4 * n] if os.path.isfile(p)][:n]
+
+
+def check_storage(ray_module, src: str, clips: list[str], out: str, timeout_s: float = 120.0) -> list[str]:
+    """Run `node_storage_problems` on every alive node; returns one line per failing node."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    os.makedirs(out, exist_ok=True)
+    task = ray_module.remote(num_cpus=0)(_node_check)
+    nodes = [n for n in ray_module.nodes() if n.get("Alive")]
+    refs = {n["NodeManagerAddress"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        n["NodeID"], soft=False)).remote(src, clips, out) for n in nodes}
+    ready, _ = ray_module.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    lines = []
+    for addr, ref in refs.items():
+        if ref not in ready:
+            lines.append(f"node {addr}: the storage check did not answer within {timeout_s:g} s")
+            continue
+        res = ray_module.get(ref)
+        lines += [f"node {addr} ({res['host']}): {p}" for p in res["problems"]]
+    return lines

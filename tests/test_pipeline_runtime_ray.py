@@ -1,0 +1,147 @@
+"""`tsa preprocess` runtime end to end on a local Ray (tiny config, CPU), with injected faults:
+a decode that hangs in native code and a model stage that raises fail only their clips; the
+exit status follows preprocess.max_failed_fraction; --retry-failed repairs the output in place
+to the bytes of a clean run; the storage check names the node and the path; Ray's noise stays
+out of a healthy run's output.
+
+Faults come through pipeline/hooks.py: a hooks file named by TSA_TEST_HOOKS in the Ray
+workers' environment, edited between runs of the one Ray instance of this module.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.reader import iter_shard_paths, open_output
+from pipeline.run import run_preprocess
+from pipeline.sample_clips import make_sample_clips
+
+pytestmark = pytest.mark.slow
+OPTS = ["preprocess.samples_per_shard=2", "preprocess.decode.timeout_s=20"]
+
+
+@pytest.fixture(scope="module")
+def hooks(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hooks") / "hooks.json"
+    path.write_text("{}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_local(hooks):
+    import ray
+
+    assert not ray.is_initialized()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"], "TSA_TEST_HOOKS": str(hooks)}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    return make_sample_clips(tmp_path_factory.mktemp("clips"), n=3, seed=1, broken=False)  # landscape portrait tiny
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    from configs import load_config
+
+    return load_config("tiny", OPTS)
+
+
+def test_faults_fail_their_clips_then_retry_failed_repairs_in_place(ray_local, hooks, clips, cfg, tmp_path):
+    hooks.write_text(json.dumps({"hang_decode": "landscape.mp4", "raise_stage": "vae:portrait"}))
+    out = tmp_path / "out"
+    first = run_preprocess(clips, out, cfg)
+    errors = {r["key"]: (r["status"], r["error"]) for r in open_output(out).rows()}
+    assert errors["landscape"] == ("failed", "decode timed out after 20 s")
+    assert errors["portrait"][0] == "failed" and errors["portrait"][1].startswith(
+        "vae: RuntimeError: injected failure")
+    assert errors["tiny"] == ("ok", None)
+    assert first.counts["failed"] == 2 and first.too_many_failed  # 2 of 3 > 0.5
+
+    hooks.write_text("{}")  # the inputs are "fixed"
+    again = run_preprocess(clips, out, cfg)  # a plain rerun leaves finished shards alone
+    assert again.processed == 0 and again.too_many_failed
+    fixed = run_preprocess(clips, out, cfg, retry_failed=True)
+    assert fixed.retried == 2 and fixed.processed == 2 and fixed.counts == {"ok": 3, "failed": 0, "skipped": 0,
+                                                                            "masks": 3}
+    assert not fixed.too_many_failed and fixed.shards_written == 1  # only shard 0 held failed rows
+
+    ref = tmp_path / "ref"
+    run_preprocess(clips, ref, cfg)
+    a, b = open_output(ref), open_output(out)
+    assert a.keys == b.keys == ["landscape", "portrait", "tiny"]
+    assert a.manifest.equals(b.manifest)
+    for p, q in zip(iter_shard_paths(ref), iter_shard_paths(out), strict=True):
+        assert p.read_bytes() == q.read_bytes(), p.name
+        assert p.with_suffix(".json").read_bytes() == q.with_suffix(".json").read_bytes()
+    with h5py.File(ref / "masks.h5") as h, h5py.File(out / "masks.h5") as g:
+        assert list(h["keys"][:]) == list(g["keys"][:])
+        np.testing.assert_array_equal(h["motion"][:], g["motion"][:])
+    assert sorted(p.name for p in (out / "shards").iterdir()) == sorted(p.name for p in (ref / "shards").iterdir())
+
+
+def test_every_clip_failed_exits_1_with_reasons(ray_local, hooks, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    hooks.write_text("{}")
+    src = make_sample_clips(tmp_path / "broken", n=0, broken=True)
+    args = ["preprocess", "--src", str(src), "--out", str(tmp_path / "out"), "--config", "tiny", "--no-progress"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.output
+    assert "failed (this run)" in res.output and "empty file" in res.output
+    assert "every clip" in res.output and "--retry-failed" in res.output
+    assert (tmp_path / "out" / "manifest.parquet").exists()  # the output is complete, just bad
+    res = CliRunner().invoke(app, args)  # nothing to do, but the output is still mostly failed
+    assert res.exit_code == 1, res.output
+
+
+def test_storage_check_names_node_and_path(ray_local, tmp_path):
+    from pipeline.plan import check_storage
+
+    clip = tmp_path / "a.mp4"
+    clip.write_bytes(b"x")
+    assert check_storage(ray_local, str(tmp_path), [str(clip)], str(tmp_path / "out")) == []
+    lines = check_storage(ray_local, str(tmp_path / "not-here"), [str(clip)], str(tmp_path / "out"))
+    assert len(lines) == 1 and lines[0].startswith("node ") and f"cannot see --src {tmp_path / 'not-here'}" in lines[0]
+
+
+def test_healthy_cli_run_prints_the_plan_and_no_ray_noise(tmp_path):
+    """A real `tsa preprocess` process with its own Ray (not the module's)."""
+    src = make_sample_clips(tmp_path / "clips", n=1, seed=3, broken=False)
+    env = {k: v for k, v in os.environ.items() if k != "TSA_TEST_HOOKS"} | {"COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-c", "from cli import main; main()", "preprocess", "--src", str(src),
+                           "--out", str(tmp_path / "out"), "--config", "tiny", "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    assert "plan: 1 node(s)" in text and "vae      1 actor(s)" in text
+    assert "1 ok, 0 failed" in text
+    assert "core_worker.cc" not in text and "Token authentication" not in text, text
+
+
+def test_a_stalled_run_stops_with_a_message_naming_what_waits(ray_local, hooks, clips, tmp_path):
+    """The state a lost node leaves (the restarted actors hold the CPUs the decode tasks need),
+    made on purpose: decode tasks ask for both CPUs of the node, the actor pools for 0.75."""
+    from configs import load_config
+    from pipeline.run import RunStalled, _running_executors
+
+    hooks.write_text("{}")
+    cfg = load_config("tiny", OPTS + ["preprocess.decode.num_cpus=2", "preprocess.stall_timeout_s=20"])
+    with pytest.raises(RunStalled) as e:
+        run_preprocess(clips, tmp_path / "out", cfg)
+    msg = str(e.value)
+    assert msg.startswith("no clip finished for 20 s (preprocess.stall_timeout_s) with 3 of 3 clips left")
+    assert "1 alive node(s), 0 dead" in msg and "waiting for resources" in msg, msg
+    assert not list((tmp_path / "out" / "shards").glob("*.tar"))  # nothing half-written is published
+    assert not _running_executors()  # its Ray Data execution was shut down, not left holding the actors
