@@ -39,4 +39,4 @@ tsa view --shards "$OUT/shards" --out "$OUT/gallery.html"
 
 echo
 echo "done: metrics $OUT/run/metrics.jsonl, videos $OUT/videos/, clip view $OUT/clip.png"
-echo "open the gallery in a browser: file://$PWD/$OUT/gallery.html"
+echo "open the gallery in a browser: file://$(cd "$OUT" && pwd)/gallery.html"
