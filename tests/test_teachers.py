@@ -28,6 +28,21 @@ def test_vjepa2_and_unknown_kinds_are_refused_with_the_reason():
         load_config("tiny", ["models.teacher.kind=dino"])
 
 
+def test_why_vjepa2_is_refused_transformers_rope_assumes_a_square_grid():
+    """The reason given for refusing vjepa2, checked on the installed transformers: on a 4 x 6
+    token grid VJEPA2's attention gives token (t=0, h=2, w=4) frame position 1. If this fails,
+    transformers handles non-square grids now and vjepa2 can be built (docs/teacher.md)."""
+    from transformers import VJEPA2Config
+    from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2RopeAttention
+
+    config = VJEPA2Config(hidden_size=48, num_attention_heads=2, crop_size=64, patch_size=16,
+                          frames_per_clip=4, tubelet_size=2)
+    attn = VJEPA2RopeAttention(config, 48, 2)
+    frame, row, col = attn.get_position_ids(torch.zeros(1, 2 * 4 * 6, 48))
+    i = 0 * 24 + 2 * 6 + 4  # (t, h, w) = (0, 2, 4) in row-major order
+    assert (frame[i].item(), row[i].item(), col[i].item()) != (0, 2, 4)
+
+
 def test_dinov2_needs_a_square_patch():
     with pytest.raises(ConfigError, match=r"geometry.tubelet=\[2, 14, 16\].*square"):
         load_config("tiny", DINO + ["geometry.tubelet=[2,14,16]", "geometry.teacher_size=[56,96]"])
