@@ -82,7 +82,13 @@ def load_dinov2(teacher_cfg: TeacherConfig, geometry: Geometry, device, dtype: t
     ref = teacher_cfg.checkpoint
     config = _dinov2_config(ref)
     check_dinov2_config(config, teacher_cfg, geometry, ref)
-    model = Dinov2Model.from_pretrained(ref, config=config, torch_dtype=dtype)
+    model, info = Dinov2Model.from_pretrained(ref, config=config, torch_dtype=dtype, output_loading_info=True)
+    # from_pretrained fills missing weights with random ones and only warns: refuse instead.
+    missing = [k for k in info.get("missing_keys", ()) if k != "embeddings.mask_token"]
+    if missing or info.get("mismatched_keys"):
+        bad = missing or [k[0] if isinstance(k, tuple) else k for k in info["mismatched_keys"]]
+        raise TeacherCheckpointError(f"models.teacher.checkpoint={ref}: weights do not fit its config.json "
+                                     f"({'missing' if missing else 'misshapen'} {bad[0]!r}, {len(bad)} in all)")
     model.eval().requires_grad_(False)
     return Dinov2Teacher(model, geometry).to(device=device, dtype=dtype).eval()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,6 +139,17 @@ def test_load_errors_name_the_field(dino_cfg, tmp_path):
     wrong_type = copy.deepcopy(dino_cfg)
     wrong_type.models.teacher.checkpoint = str(other)
     with pytest.raises(TeacherCheckpointError, match=r"model_type 'vit'.*needs 'dinov2'"):
+        load_teacher(wrong_type.models.teacher, wrong_type.geometry)
+    from safetensors.torch import load_file, save_file
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text((Path(dino_cfg.models.teacher.checkpoint) / "config.json").read_text())
+    state = load_file(str(Path(dino_cfg.models.teacher.checkpoint) / "model.safetensors"))
+    del state["encoder.layer.1.mlp.fc2.weight"]
+    save_file(state, str(partial / "model.safetensors"))
+    wrong_type.models.teacher.checkpoint = str(partial)
+    with pytest.raises(TeacherCheckpointError, match=r"weights do not fit.*missing 'encoder.layer.1.mlp.fc2.weight'"):
         load_teacher(wrong_type.models.teacher, wrong_type.geometry)
     wrong_type.models.teacher.checkpoint = str(tmp_path / "missing")
     with pytest.raises(TeacherCheckpointError, match=r"models.teacher.checkpoint=.*missing: cannot read a DINOv2"):
