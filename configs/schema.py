@@ -142,12 +142,12 @@ class TinyStudent:
 @dataclass
 class TeacherConfig:
     """The teacher (docs/teacher.md). `kind` videomaev2 (SPEC section 2): `checkpoint` is a .pth
-    or .safetensors path; dinov2: a transformers Dinov2Model folder or hub id. Either may be
-    `tiny`. dim/depth/heads/mlp_ratio describe the model (the tiny one is built from them; a
-    loaded dinov2 must have hidden_size == dim); pos_grid is VideoMAEv2's pretrained table."""
+    or .safetensors path; dinov2 / vjepa2: a transformers Dinov2Model / VJEPA2Model folder or hub
+    id. Any may be `tiny`. dim/depth/heads/mlp_ratio describe the model (the tiny one is built from
+    them; a loaded one must have hidden_size == dim); pos_grid is VideoMAEv2's pretrained table."""
 
     checkpoint: str = REQUIRED
-    kind: str = "videomaev2"  # videomaev2 | dinov2 (vjepa2: refused, see TEACHER_KINDS_NOT_OFFERED)
+    kind: str = "videomaev2"  # videomaev2 | dinov2 | vjepa2
     dim: int = 768
     depth: int = 12
     heads: int = 12
@@ -155,25 +155,16 @@ class TeacherConfig:
     pos_grid: list[int] = field(default_factory=lambda: [8, 14, 14])  # grid of the pretrained table
 
     def validate(self, geometry: "Geometry") -> None:
-        if self.kind in TEACHER_KINDS_NOT_OFFERED:
-            raise ConfigError(f"models.teacher.kind={self.kind!r} is not supported: "
-                              f"{TEACHER_KINDS_NOT_OFFERED[self.kind]}")
         if self.kind not in TEACHER_KINDS:
             raise ConfigError(f"models.teacher.kind={self.kind!r}: expected one of {', '.join(TEACHER_KINDS)}")
-        if self.kind == "dinov2":
+        if self.kind in ("dinov2", "vjepa2"):
             pt, ph, pw = geometry.tubelet
             if ph != pw:
-                raise ConfigError(f"geometry.tubelet={geometry.tubelet}: models.teacher.kind=dinov2 needs a square "
-                                  f"patch (Ph == Pw == the model's patch_size, 14 for the released DINOv2)")
+                raise ConfigError(f"geometry.tubelet={geometry.tubelet}: models.teacher.kind={self.kind} needs a "
+                                  f"square patch (Ph == Pw == the model's patch_size: 14 for DINOv2, 16 for V-JEPA 2)")
 
 
-TEACHER_KINDS = ("videomaev2", "dinov2")
-# Kinds named by the design but not built; config validation refuses them with this reason.
-TEACHER_KINDS_NOT_OFFERED = {
-    "vjepa2": "transformers' VJEPA2Model places its 3D RoPE on a square crop_size/patch_size grid, so "
-              "the 2:3 teacher grid of the CogVideoX frames (e.g. 10 x 15) would get wrong token positions; "
-              "not implemented yet (docs/teacher.md). Use videomaev2 or dinov2",
-}
+TEACHER_KINDS = ("videomaev2", "dinov2", "vjepa2")
 
 
 @dataclass

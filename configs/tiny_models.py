@@ -3,7 +3,7 @@
 `models.X: tiny` in a config means: build the model from a small architecture derived
 from `geometry` with a fixed seed, save it in the real on-disk layout (a diffusers
 CogVideoX pipeline folder plus a VideoMAEv2 checkpoint in the official key layout, or for
-`models.teacher.kind: dinov2` a Dinov2Model save_pretrained folder `teacher/`),
+`models.teacher.kind` dinov2 / vjepa2 a transformers save_pretrained folder `teacher/`),
 and load it back through exactly the code that loads real weights.
 """
 from __future__ import annotations
@@ -20,11 +20,11 @@ from configs.schema import Config
 
 TINY = "tiny"
 TEACHER_FILE = "teacher.safetensors"
-TEACHER_DIR = "teacher"  # kind dinov2: a transformers save_pretrained folder
+TEACHER_DIR = "teacher"  # kinds dinov2, vjepa2: a transformers save_pretrained folder
 
 
 def tiny_teacher_name(cfg: Config) -> str:
-    return TEACHER_DIR if cfg.models.teacher.kind == "dinov2" else TEACHER_FILE
+    return TEACHER_DIR if cfg.models.teacher.kind in ("dinov2", "vjepa2") else TEACHER_FILE
 
 # CogVideoX-2B's scheduler config (THUDM/CogVideoX-2b, scheduler/scheduler_config.json).
 COGVIDEOX_2B_SCHEDULER = dict(

@@ -125,7 +125,7 @@ def model_records(unresolved: Config, resolved: Config) -> dict[str, dict[str, A
             rec["revision"] = _hub_revision(ref)
         records[name] = rec
     teacher = resolved.models.teacher.checkpoint
-    if resolved.models.teacher.kind == "dinov2":  # a transformers folder or hub id, hashed like the others
+    if resolved.models.teacher.kind in ("dinov2", "vjepa2"):  # a transformers folder or hub id, hashed like the others
         local = Path(teacher) if Path(teacher).is_dir() else _cached_hub_repo(teacher)
         rec = {"source": unresolved.models.teacher.checkpoint, "sha256": None}
         if local is not None:

@@ -22,26 +22,9 @@ DINO = ["models.teacher.kind=dinov2", "geometry.tubelet=[2,14,14]", "geometry.te
 
 # ----------------------------------------------------------------------------- config
 
-def test_vjepa2_and_unknown_kinds_are_refused_with_the_reason():
-    with pytest.raises(ConfigError, match=r"models.teacher.kind='vjepa2' is not supported: .*square"):
-        load_config("tiny", ["models.teacher.kind=vjepa2"])
-    with pytest.raises(ConfigError, match=r"models.teacher.kind='dino'.*videomaev2, dinov2"):
+def test_unknown_kinds_are_refused():
+    with pytest.raises(ConfigError, match=r"models.teacher.kind='dino'.*videomaev2, dinov2, vjepa2"):
         load_config("tiny", ["models.teacher.kind=dino"])
-
-
-def test_why_vjepa2_is_refused_transformers_rope_assumes_a_square_grid():
-    """The reason given for refusing vjepa2, checked on the installed transformers: on a 4 x 6
-    token grid VJEPA2's attention gives token (t=0, h=2, w=4) frame position 1. If this fails,
-    transformers handles non-square grids now and vjepa2 can be built (docs/teacher.md)."""
-    from transformers import VJEPA2Config
-    from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2RopeAttention
-
-    config = VJEPA2Config(hidden_size=48, num_attention_heads=2, crop_size=64, patch_size=16,
-                          frames_per_clip=4, tubelet_size=2)
-    attn = VJEPA2RopeAttention(config, 48, 2)
-    frame, row, col = attn.get_position_ids(torch.zeros(1, 2 * 4 * 6, 48))
-    i = 0 * 24 + 2 * 6 + 4  # (t, h, w) = (0, 2, 4) in row-major order
-    assert (frame[i].item(), row[i].item(), col[i].item()) != (0, 2, 4)
 
 
 def test_dinov2_needs_a_square_patch():
@@ -49,14 +32,17 @@ def test_dinov2_needs_a_square_patch():
         load_config("tiny", DINO + ["geometry.tubelet=[2,14,16]", "geometry.teacher_size=[56,96]"])
 
 
-def test_dinov2_configs_keep_the_videomaev2_token_grid():
-    for name, base in (("tiny_dinov2", "tiny"), ("configs/cogvideox2b_mtsa_dinov2.yaml", None)):
+@pytest.mark.parametrize("kind,tubelet", [("dinov2", [2, 14, 14]), ("vjepa2", [2, 16, 16])])
+def test_teacher_configs_keep_the_videomaev2_token_grid(kind, tubelet):
+    for name, base in ((f"tiny_{kind}", "tiny"), (f"configs/cogvideox2b_mtsa_{kind}.yaml", None)):
         cfg = load_config(name)
         ref = load_config(base, [] if base else ["models.teacher.checkpoint=x.pth"]).geometry
-        assert cfg.models.teacher.kind == "dinov2"
+        assert cfg.models.teacher.kind == kind
         assert cfg.geometry.teacher_grid == ref.teacher_grid and cfg.geometry.student_grid == ref.student_grid
-        assert cfg.geometry.tubelet == [2, 14, 14]
-    assert load_config("configs/cogvideox2b_mtsa_dinov2.yaml").geometry.teacher_input == (48, 140, 210)
+        assert cfg.geometry.tubelet == tubelet
+    paper = load_config(f"configs/cogvideox2b_mtsa_{kind}.yaml")
+    assert paper.geometry.teacher_input == ((48, 140, 210) if kind == "dinov2" else (48, 160, 240))
+    assert paper.models.teacher.dim == (768 if kind == "dinov2" else 1024)
 
 
 def test_default_kind_leaves_fingerprints_unchanged():
@@ -156,11 +142,65 @@ def test_load_errors_name_the_field(dino_cfg, tmp_path):
         load_teacher(wrong_type.models.teacher, wrong_type.geometry)
 
 
+@pytest.fixture(scope="module")
+def vjepa_cfg():
+    return resolve_tiny(load_config("tiny_vjepa2"))
+
+
+def test_vjepa2_positions_are_the_true_token_grid(vjepa_cfg):
+    """VJEPA2's own ids assume a square G x G grid (on 4 x 6, token (0, 2, 4) would get frame 1);
+    the virtual ids the teacher passes decode, through VJEPA2's own code, to (t, h, w)."""
+    from transformers import VJEPA2Config
+    from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2RopeAttention
+
+    from pipeline.teacher import load_teacher
+
+    teacher = load_teacher(vjepa_cfg.models.teacher, vjepa_cfg.geometry)
+    config = VJEPA2Config.from_pretrained(vjepa_cfg.models.teacher.checkpoint)
+    assert config.crop_size // config.patch_size == 8  # larger than the 4 x 6 grid
+    attn = VJEPA2RopeAttention(config, config.hidden_size, config.num_attention_heads)
+    own = attn.get_position_ids(torch.zeros(1, 96, config.hidden_size))
+    i = 2 * 6 + 4  # (t, h, w) = (0, 2, 4)
+    assert (own[0][i].item(), own[1][i].item(), own[2][i].item()) != (0, 2, 4)
+    frame, row, col = attn.get_position_ids(torch.zeros(1, 96, 1), masks=teacher.position_ids[None])
+    t, h, w = torch.meshgrid(torch.arange(4), torch.arange(4), torch.arange(6), indexing="ij")
+    for got, want in ((frame, t), (row, h), (col, w)):
+        assert torch.equal(got[0, 0], want.flatten())
+
+
+def test_vjepa2_on_a_square_grid_equals_the_model_forward(vjepa_cfg):
+    from transformers import VJEPA2Model
+
+    from pipeline.teacher_vjepa2 import Vjepa2Teacher
+
+    model = VJEPA2Model.from_pretrained(vjepa_cfg.models.teacher.checkpoint).eval()
+    geometry = load_config("tiny", ["geometry.teacher_size=[128,128]"]).geometry  # 8 x 8 = the model's G x G
+    teacher = Vjepa2Teacher(model, geometry).eval()
+    x = torch.randn(2, 3, 8, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(pixel_values_videos=x.transpose(1, 2), skip_predictor=True).last_hidden_state
+        torch.testing.assert_close(teacher(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_vjepa2_load_errors(vjepa_cfg):
+    from pipeline.teacher import TeacherCheckpointError, load_teacher
+
+    big = load_config("tiny_vjepa2", ["geometry.height=480", "geometry.width=720"])  # 10 x 15 > 8 x 8
+    big.models.teacher.checkpoint = vjepa_cfg.models.teacher.checkpoint
+    with pytest.raises(TeacherCheckpointError, match=r"teacher grid 10 x 15 is larger than the model's 8 x 8"):
+        load_teacher(big.models.teacher, big.geometry)
+    wrong = copy.deepcopy(vjepa_cfg)
+    wrong.models.teacher.dim = 64
+    with pytest.raises(TeacherCheckpointError, match=r"hidden_size 32 != models.teacher.dim=64"):
+        load_teacher(wrong.models.teacher, wrong.geometry)
+
+
 # ----------------------------------------------------------------------------- end to end
 
 @pytest.mark.slow
-def test_dinov2_preprocess_train_view(tmp_path, one_torch_thread):
-    """`tsa preprocess` -> `tsa train` (2 steps) -> `tsa view` with the tiny DINOv2 teacher."""
+@pytest.mark.parametrize("kind", ["dinov2", "vjepa2"])
+def test_preprocess_train_view(kind, tmp_path, one_torch_thread):
+    """`tsa preprocess` -> `tsa train` (2 steps) -> `tsa view` with each tiny transformers teacher."""
     import ray
 
     from cli import app
@@ -178,7 +218,7 @@ def test_dinov2_preprocess_train_view(tmp_path, one_torch_thread):
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"]}})
     try:
-        res = runner.invoke(app, ["preprocess", "--src", str(clips), "--out", str(out), "--config", "tiny_dinov2",
+        res = runner.invoke(app, ["preprocess", "--src", str(clips), "--out", str(out), "--config", f"tiny_{kind}",
                                   "-o", "preprocess.samples_per_shard=1", "--no-progress"])
     finally:
         if started:
@@ -186,25 +226,27 @@ def test_dinov2_preprocess_train_view(tmp_path, one_torch_thread):
     assert res.exit_code == 0, res.output
     info = open_output(out)
     assert info.dataset["geometry"]["teacher_grid"] == [4, 4, 6] and info.dataset["geometry"]["teacher_dim"] == 32
-    assert info.dataset["geometry"]["tubelet"] == [2, 14, 14]
-    assert info.dataset["config"]["models"]["teacher"]["kind"] == "dinov2"
+    patch = 14 if kind == "dinov2" else 16
+    assert info.dataset["geometry"]["tubelet"] == [2, patch, patch]
+    assert info.dataset["config"]["models"]["teacher"]["kind"] == kind
     assert info.dataset["models"]["teacher"]["sha256"]
     assert len(info.keys) == 2
 
-    cfg = load_config("tiny_dinov2")
+    cfg = load_config(f"tiny_{kind}")
     key = info.keys[0]
     s = read_sample(out, key)
     assert s["teacher.npy"].shape == (96, 32) and s["motion.npy"].shape == (4, 4, 6)
     clip = decode_clip(str(clips / "videos" / f"{key}.mp4"), cfg.geometry)
     pixels01, normalized = preprocess_frames(torch.from_numpy(clip.frames)[None], cfg.geometry)
-    assert pixels01.shape[-2:] == (56, 84)
-    np.testing.assert_array_equal(s["motion.npy"], motion_map(pixels01, (2, 14, 14))[0].numpy().astype(np.float16))
+    assert pixels01.shape[-2:] == (4 * patch, 6 * patch)
+    motion = motion_map(pixels01, (2, patch, patch))[0].numpy()
+    np.testing.assert_array_equal(s["motion.npy"], motion.astype(np.float16))
     resolved = resolve_tiny(copy.deepcopy(cfg))
     feats = teacher_features(load_teacher(resolved.models.teacher, resolved.geometry), normalized)[0].numpy()
     np.testing.assert_allclose(s["teacher.npy"].astype(np.float32), feats, rtol=2e-3, atol=2e-3)
 
     run = tmp_path / "run"
-    res = runner.invoke(app, ["train", "--shards", str(out), "--out", str(run), "--config", "tiny_dinov2",
+    res = runner.invoke(app, ["train", "--shards", str(out), "--out", str(run), "--config", f"tiny_{kind}",
                               "--max-steps", "2", "--checkpoint-every", "2"])
     assert res.exit_code == 0, res.output
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
