@@ -141,14 +141,30 @@ class TinyStudent:
 
 @dataclass
 class TeacherConfig:
-    """VideoMAEv2 ViT (SPEC section 2). `checkpoint` is a .pth or .safetensors path, or `tiny`."""
+    """The teacher (docs/teacher.md). `kind` videomaev2 (SPEC section 2): `checkpoint` is a .pth
+    or .safetensors path; dinov2 / vjepa2: a transformers Dinov2Model / VJEPA2Model folder or hub
+    id. Any may be `tiny`. dim/depth/heads/mlp_ratio describe the model (the tiny one is built from
+    them; a loaded one must have hidden_size == dim); pos_grid is VideoMAEv2's pretrained table."""
 
     checkpoint: str = REQUIRED
+    kind: str = "videomaev2"  # videomaev2 | dinov2 | vjepa2
     dim: int = 768
     depth: int = 12
     heads: int = 12
     mlp_ratio: float = 4.0
     pos_grid: list[int] = field(default_factory=lambda: [8, 14, 14])  # grid of the pretrained table
+
+    def validate(self, geometry: "Geometry") -> None:
+        if self.kind not in TEACHER_KINDS:
+            raise ConfigError(f"models.teacher.kind={self.kind!r}: expected one of {', '.join(TEACHER_KINDS)}")
+        if self.kind in ("dinov2", "vjepa2"):
+            pt, ph, pw = geometry.tubelet
+            if ph != pw:
+                raise ConfigError(f"geometry.tubelet={geometry.tubelet}: models.teacher.kind={self.kind} needs a "
+                                  f"square patch (Ph == Pw == the model's patch_size: 14 for DINOv2, 16 for V-JEPA 2)")
+
+
+TEACHER_KINDS = ("videomaev2", "dinov2", "vjepa2")
 
 
 @dataclass
@@ -347,6 +363,7 @@ class Config:
         if missing:
             raise ConfigError(f"missing required config key(s): {', '.join(missing)}")
         self.geometry.validate()
+        self.models.teacher.validate(self.geometry)
         self.align.validate()
         self.preprocess.validate()
         self.train.validate()

@@ -2,7 +2,8 @@
 
 `models.X: tiny` in a config means: build the model from a small architecture derived
 from `geometry` with a fixed seed, save it in the real on-disk layout (a diffusers
-CogVideoX pipeline folder plus a VideoMAEv2 checkpoint in the official key layout),
+CogVideoX pipeline folder plus a VideoMAEv2 checkpoint in the official key layout, or for
+`models.teacher.kind` dinov2 / vjepa2 a transformers save_pretrained folder `teacher/`),
 and load it back through exactly the code that loads real weights.
 """
 from __future__ import annotations
@@ -19,6 +20,11 @@ from configs.schema import Config
 
 TINY = "tiny"
 TEACHER_FILE = "teacher.safetensors"
+TEACHER_DIR = "teacher"  # kinds dinov2, vjepa2: a transformers save_pretrained folder
+
+
+def tiny_teacher_name(cfg: Config) -> str:
+    return TEACHER_DIR if cfg.models.teacher.kind in ("dinov2", "vjepa2") else TEACHER_FILE
 
 # CogVideoX-2B's scheduler config (THUDM/CogVideoX-2b, scheduler/scheduler_config.json).
 COGVIDEOX_2B_SCHEDULER = dict(
@@ -50,6 +56,7 @@ _TOKENIZER_CORPUS = [
 
 
 _ADDED_GEOMETRY = {"student_patch_t": 1, "teacher_size": None}
+_ADDED_TEACHER = {"kind": "videomaev2"}
 _ADDED_TINY_STUDENT = {"use_rotary_positional_embeddings": False, "patch_bias": True,
                        "vae_scaling_factor": 1.15258426, "snr_shift_scale": 3.0}
 
@@ -65,8 +72,9 @@ def tiny_fingerprint(cfg: Config) -> str:
     # their folder (and dataset.json weight records) unchanged.
     geometry = {k: v for k, v in vars(g).items() if _ADDED_GEOMETRY.get(k, object()) != v}
     student = {k: v for k, v in vars(m.tiny_student).items() if _ADDED_TINY_STUDENT.get(k, object()) != v}
+    teacher = {k: v for k, v in vars(m.teacher).items() if _ADDED_TEACHER.get(k, object()) != v}
     blob = json.dumps(
-        {"geometry": geometry, "tiny_student": student, "teacher": vars(m.teacher) | {"checkpoint": TINY},
+        {"geometry": geometry, "tiny_student": student, "teacher": teacher | {"checkpoint": TINY},
          "seed": m.tiny_seed, "version": 3},
         sort_keys=True, default=list,
     )
@@ -149,14 +157,14 @@ def save_tiny_models(cfg: Config, out: Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     build_tiny_pipeline(cfg).save_pretrained(out, safe_serialization=True)
-    save_random_checkpoint(cfg.models.teacher, cfg.geometry, out / TEACHER_FILE, seed=cfg.models.tiny_seed)
+    save_random_checkpoint(cfg.models.teacher, cfg.geometry, out / tiny_teacher_name(cfg), seed=cfg.models.tiny_seed)
     return out
 
 
 def materialize_tiny(cfg: Config) -> Path:
     """The cached folder of the tiny models for `cfg`, created atomically on first use."""
     final = cache_root() / "tiny" / tiny_fingerprint(cfg)
-    if (final / "model_index.json").exists() and (final / TEACHER_FILE).exists():
+    if (final / "model_index.json").exists() and (final / tiny_teacher_name(cfg)).exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
@@ -182,5 +190,5 @@ def resolve_tiny(cfg: Config) -> Config:
             if getattr(m, n) == TINY:
                 setattr(m, n, str(root))
         if m.teacher.checkpoint == TINY:
-            m.teacher.checkpoint = str(root / TEACHER_FILE)
+            m.teacher.checkpoint = str(root / tiny_teacher_name(cfg))
     return cfg

@@ -20,6 +20,7 @@ from pipeline.layout import DATASET_JSON, FORMAT_VERSION, FRAME_RULE, member_spe
 RESOURCE_KEYS = ("decode", "teacher", "vae", "text", "max_failed_fraction", "stall_timeout_s")
 PREPROCESS_MODELS = ("vae", "text_encoder", "tokenizer", "teacher")
 GEOMETRY_ADDED = {"student_patch_t": 1, "teacher_size": None}  # key: value that equals the older outputs
+TEACHER_KIND_DEFAULT = "videomaev2"  # models.teacher.kind, added after format 1
 
 
 class OutputMismatch(RuntimeError):
@@ -43,6 +44,8 @@ def fingerprinted_config(cfg_dict: dict[str, Any], models: dict[str, dict[str, A
     pre = {k: v for k, v in cfg_dict["preprocess"].items() if k not in RESOURCE_KEYS}
     # The student and scheduler do not touch the cache: training another student reuses it.
     models_used = {k: cfg_dict["models"][k] for k in PREPROCESS_MODELS}
+    if models_used["teacher"].get("kind", TEACHER_KIND_DEFAULT) == TEACHER_KIND_DEFAULT:  # as before `kind` existed
+        models_used["teacher"] = {k: v for k, v in models_used["teacher"].items() if k != "kind"}
     # Geometry keys added after format 1 are left out at their old implicit value, so outputs
     # written before they existed keep their fingerprint (and reruns resume them).
     geometry = {k: v for k, v in cfg_dict["geometry"].items() if GEOMETRY_ADDED.get(k, object()) != v}

@@ -88,6 +88,16 @@ def _local_component(ref: str, subfolder: str) -> Optional[Path]:
         return None
 
 
+def _cached_hub_repo(ref: str) -> Optional[Path]:
+    """The local hub-cache snapshot of a whole repo (a transformers teacher), or None."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(ref, local_files_only=True))
+    except Exception:  # not cached, or not a valid repo id: fall back to the revision
+        return None
+
+
 def _hub_revision(ref: str) -> Optional[str]:
     try:
         from huggingface_hub import HfApi
@@ -115,6 +125,15 @@ def model_records(unresolved: Config, resolved: Config) -> dict[str, dict[str, A
             rec["revision"] = _hub_revision(ref)
         records[name] = rec
     teacher = resolved.models.teacher.checkpoint
+    if resolved.models.teacher.kind in ("dinov2", "vjepa2"):  # a transformers folder or hub id, hashed like the others
+        local = Path(teacher) if Path(teacher).is_dir() else _cached_hub_repo(teacher)
+        rec = {"source": unresolved.models.teacher.checkpoint, "sha256": None}
+        if local is not None:
+            rec["sha256"] = folder_sha256(local)
+        else:
+            rec["revision"] = _hub_revision(teacher)
+        records["teacher"] = rec
+        return records
     if not Path(teacher).is_file():
         raise FileNotFoundError(f"models.teacher.checkpoint={teacher}: file not found")
     records["teacher"] = {"source": unresolved.models.teacher.checkpoint, "sha256": weights_sha256(teacher)}

@@ -205,15 +205,26 @@ def _expected_shapes(model: VideoMAEv2) -> dict[str, torch.Size]:
 
 
 def load_teacher(teacher_cfg: TeacherConfig, geometry: Geometry, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> VideoMAEv2:
-    """Build the ViT from config and load `teacher_cfg.checkpoint` (.pth or .safetensors, official keys).
+                 dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Build the ViT from config and load `teacher_cfg.checkpoint` (.pth or .safetensors, official keys);
+    `models.teacher.kind` dinov2 / vjepa2: pipeline/teacher_dinov2.py / teacher_vjepa2.py. Either maps [B, 3, T, h, w] -> [B, N, dim].
 
     Returns the model on `device` in `dtype`, eval mode, requires_grad False.
     """
     path = teacher_cfg.checkpoint
     if path == "tiny":
         raise TeacherCheckpointError("models.teacher.checkpoint is 'tiny': call configs.tiny_models.resolve_tiny(cfg) "
-                                     "first, or set it to a .pth/.safetensors file")
+                                     "first, or set it to a .pth/.safetensors file (kinds dinov2, vjepa2: a folder or hub id)")
+    if teacher_cfg.kind == "dinov2":
+        from pipeline.teacher_dinov2 import load_dinov2
+
+        return load_dinov2(teacher_cfg, geometry, device, dtype)
+    if teacher_cfg.kind == "vjepa2":
+        from pipeline.teacher_vjepa2 import load_vjepa2
+
+        return load_vjepa2(teacher_cfg, geometry, device, dtype)
+    if teacher_cfg.kind != "videomaev2":
+        raise ConfigError(f"models.teacher.kind={teacher_cfg.kind!r}: expected videomaev2, dinov2 or vjepa2")
     state = read_state_dict(path)
     model = VideoMAEv2(teacher_cfg, geometry)
     check_state_dict(state, _expected_shapes(model), path)
@@ -252,7 +263,16 @@ def save_random_checkpoint(teacher_cfg: TeacherConfig, geometry: Geometry, path:
 
     `.safetensors` holds the flat state dict; `.pth`/`.pt` holds {"module": state dict}.
     `teacher_cfg.checkpoint` is not read. The global RNG state is left unchanged.
+    kind dinov2 / vjepa2: `path` is a folder written by Dinov2Model / VJEPA2Model.save_pretrained.
     """
+    if teacher_cfg.kind == "dinov2":
+        from pipeline.teacher_dinov2 import save_random_dinov2
+
+        return save_random_dinov2(teacher_cfg, geometry, path, seed)
+    if teacher_cfg.kind == "vjepa2":
+        from pipeline.teacher_vjepa2 import save_random_vjepa2
+
+        return save_random_vjepa2(teacher_cfg, geometry, path, seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = VideoMAEv2(teacher_cfg, geometry)
@@ -262,7 +282,7 @@ def save_random_checkpoint(teacher_cfg: TeacherConfig, geometry: Geometry, path:
 
 # ----------------------------------------------------------------------------- features
 
-def teacher_features(model: VideoMAEv2, normalized: torch.Tensor) -> torch.Tensor:
+def teacher_features(model: nn.Module, normalized: torch.Tensor) -> torch.Tensor:
     """[B, 3, T, h, w] ImageNet-normalised frames -> [B, N, dim] float32 tokens on the model's device.
 
     Runs under inference_mode; with bf16 weights on CUDA also under bf16 autocast (LayerNorm and
