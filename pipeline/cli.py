@@ -131,7 +131,11 @@ def preprocess(
     src: Optional[Path] = typer.Option(None, "--src", help="OpenVid root (data/train/*.csv + video/, as its download "
                                                             "script writes it), a folder with CSV files + videos/, "
                                                             "or a folder of clips with same-named .txt captions."),
-    out: Path = typer.Option(..., "--out", help="Output folder (dataset.json, manifest.parquet, masks.h5, shards/)."),
+    out: str = typer.Option(..., "--out", help="Output folder (dataset.json, manifest.parquet, masks.h5, shards/), or "
+                                               "a bucket prefix: s3://bucket/prefix, gs://... (docs/storage.md)."),
+    staging: Optional[Path] = typer.Option(None, "--staging", help="With a bucket --out: the local folder where each "
+                                                                    "shard is built before its upload (default under "
+                                                                    "$TMPDIR; emptied at start, removed at the end)."),
     config: str = typer.Option("cogvideox2b_mtsa", "--config", "-c",
                                help="Config YAML or bundled name (cogvideox2b_mtsa, tiny)."),
     subset: Optional[Path] = typer.Option(None, "--subset", help="Keep only these `video` names (one per line, or a CSV "
@@ -211,7 +215,8 @@ def preprocess(
     try:
         with bar:
             result = run_preprocess(src, out, cfg, subset=subset, limit=limit, ray_address=ray_address,
-                                    overwrite=overwrite, retry_failed=retry_failed, on_start=on_start,
+                                    overwrite=overwrite, retry_failed=retry_failed, staging=staging,
+                                    on_start=on_start,
                                     on_row=on_row, on_plan=on_plan,
                                     on_notice=lambda line: console.print(f"[yellow]warning:[/] {line}",
                                                                          soft_wrap=True, highlight=False),

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from pipeline.layout import MANIFEST, MANIFEST_COLUMNS, MASKS
 from pipeline.reader import read_marker, read_members
+from pipeline.storage import join
 
 
 def _manifest_table(rows: list[dict[str, Any]]):
@@ -51,10 +52,11 @@ def write_manifest(out: Path, shards: list[int]) -> Any:
     return table
 
 
-def write_masks(out: Path, shards: list[int], grid: tuple[int, int, int]) -> int:
+def write_masks(out: Path, shards: list[int], grid: tuple[int, int, int], tars: Optional[str] = None) -> int:
     """masks.h5: `keys` [n], `motion` [n, F, H, W] float16, `mask` [n, F, H, W] bool; returns n.
 
-    Written shard by shard into resizable datasets, so memory stays at one shard's maps.
+    Written shard by shard into resizable datasets, so memory stays at one shard's maps. The
+    tars are read under `tars` (default `out/shards`; a URL for an output in a bucket).
     """
     import h5py
 
@@ -71,7 +73,7 @@ def write_masks(out: Path, shards: list[int], grid: tuple[int, int, int]) -> int
         h5.attrs["grid"] = list(grid)
         for s in shards:
             marker = read_marker(out, s)
-            tar = out / "shards" / marker["tar"]
+            tar = join(tars, marker["tar"]) if tars else out / "shards" / marker["tar"]
             ok = [r["key"] for r in marker["rows"] if r["status"] == "ok"]
             if not ok:
                 continue
@@ -87,8 +89,9 @@ def write_masks(out: Path, shards: list[int], grid: tuple[int, int, int]) -> int
     return n
 
 
-def finalize(out: Path, num_shards: int, grid: tuple[int, int, int]) -> dict[str, int]:
-    """Write manifest and masks from shards 0..num_shards-1 (all must be complete)."""
+def finalize(out: Path, num_shards: int, grid: tuple[int, int, int], tars: Optional[str] = None) -> dict[str, int]:
+    """Write manifest and masks from shards 0..num_shards-1 (all must be complete). `tars`: where
+    the shard tars are when not in `out/shards` (see write_masks)."""
     from pipeline.layout import shard_marker
 
     missing = [s for s in range(num_shards) if not shard_marker(out, s).exists()]
@@ -96,7 +99,7 @@ def finalize(out: Path, num_shards: int, grid: tuple[int, int, int]) -> dict[str
         raise RuntimeError(f"{out}: cannot finalize, shards not complete: {missing[:10]}")
     shards = list(range(num_shards))
     table = write_manifest(out, shards)
-    n = write_masks(out, shards, grid)
+    n = write_masks(out, shards, grid, tars)
     status = table["status"].to_pylist()
     return {"ok": status.count("ok"), "failed": status.count("failed"), "skipped": status.count("skipped"),
             "masks": n}
