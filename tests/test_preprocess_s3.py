@@ -130,32 +130,59 @@ def _objects_now(server, prefix):
     return {o["Key"] for o in server.s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])}
 
 
-def test_kill_and_rerun_on_s3(server, s3_ref, local_ref, clips, tmp_path):
-    """A real `tsa preprocess` subprocess killed (SIGKILL, its whole session) once two shards are
-    committed; the same command then finishes, and the output equals the local one."""
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # fields after "(comm)": state ppid pgrp session ...
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver and every process of its session (its local Ray included)."""
+    for pid in [proc.pid] + [p for p in _session_pids(proc.pid) if p != proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=30)
+
+
+def test_kill_and_rerun_on_s3(server, s3_ref, local_ref, clips, cfg, tmp_path):
+    """A real `tsa preprocess` subprocess killed (SIGKILL, its whole session) once its first shard
+    is committed; the same command then finishes only the missing shards, and every object
+    equals the local run's."""
     url = f"s3://{BUCKET}/killed"
-    cmd = [sys.executable, "-m", "cli", "preprocess", "--src", str(clips), "--out", url, "--config", "tiny",
-           "--staging", str(tmp_path), "--no-progress", *(a for o in SPS for a in ("-o", o))]
+    # Batch size 1 everywhere, so shards finish one by one and the kill lands mid-run (batch
+    # sizes are resources, not part of the config fingerprint).
+    cmd = [sys.executable, "-c", "from cli import main; main()", "preprocess", "--src", str(clips), "--out", url,
+           "--config", "tiny", "-o", SPS[0], "-o", "preprocess.text.batch_size=1", "-o",
+           "preprocess.teacher.batch_size=1", "--staging", str(tmp_path), "--no-progress"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]),
                                                          os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = open(tmp_path / "killed.log", "w")
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if len([k for k in _objects_now(server, "killed/shards/") if k.endswith(".json")]) >= 2:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if "killed/shards/shard-000000.json" in _objects_now(server, "killed/shards/"):
                 break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        os.killpg(proc.pid, signal.SIGKILL)
+            time.sleep(0.05)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _kill_session(proc)
+    log.close()
+    assert "killed/shards/shard-000000.json" in _objects_now(server, "killed/"), \
+        (tmp_path / "killed.log").read_text()[-3000:]
     assert "killed/manifest.parquet" not in _objects_now(server, "killed/")
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "already done" in done.stdout + done.stderr
+    resumed = run_preprocess(clips, url, cfg, staging=tmp_path)  # default batch sizes, in-process Ray
+    assert 1 <= resumed.shards_done_before < 6, "the kill did not land mid-run"
+    assert resumed.shards_written == 6 - resumed.shards_done_before
     assert_same(server, url, local_ref)
+    assert [p.name for p in tmp_path.iterdir()] == ["killed.log"]  # the killed run's staging is gone too
 
 
 def test_missing_bucket_and_bad_credentials(server, clips, cfg, tmp_path, monkeypatch):
