@@ -198,6 +198,16 @@ def test_missing_bucket_and_bad_credentials(server, clips, cfg, tmp_path, monkey
     assert not any(tmp_path.iterdir())  # nothing staged either
 
 
+def test_missing_extra_is_one_line(clips, cfg, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed")
+    with pytest.raises(PreprocessError, match=r"gs://b/ds: gs:// needs gcsfs: pip install 'tsa\[gcs\]'"):
+        run_preprocess(clips, "gs://b/ds", cfg, staging=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def test_cli_exit_2_names_the_url(server, clips):
     result = CliRunner().invoke(app, ["preprocess", "--src", str(clips), "--out", "s3://no-such-bucket/ds",
                                       "--config", "tiny", "--no-progress"])
