@@ -128,9 +128,10 @@ def print_summary(console: Console, r: RunResult) -> None:
 
 
 def preprocess(
-    src: Optional[Path] = typer.Option(None, "--src", help="OpenVid root (data/train/*.csv + video/, as its download "
-                                                            "script writes it), a folder with CSV files + videos/, "
-                                                            "or a folder of clips with same-named .txt captions."),
+    src: Optional[str] = typer.Option(None, "--src", help="OpenVid root (data/train/*.csv + video/, as its download "
+                                                           "script writes it), a folder with CSV files + videos/, "
+                                                           "or a folder of clips with same-named .txt captions; "
+                                                           "or a bucket prefix with CSV files (s3://..., gs://...)."),
     out: str = typer.Option(..., "--out", help="Output folder (dataset.json, manifest.parquet, masks.h5, shards/), or "
                                                "a bucket prefix: s3://bucket/prefix, gs://... (docs/storage.md)."),
     staging: Optional[Path] = typer.Option(None, "--staging", help="With a bucket --out: the local folder where each "
@@ -185,7 +186,7 @@ def preprocess(
     if src is None and not csv:
         console.print("[red]error:[/] give --src FOLDER, or --csv FILE with --videos DIR", soft_wrap=True)
         raise typer.Exit(2)
-    if src is not None and not src.is_dir():
+    if src is not None and "://" not in src and not Path(src).is_dir():
         console.print(f"[red]error:[/] --src {src}: not a folder", soft_wrap=True)
         raise typer.Exit(2)
     _quiet_ray_logs()

@@ -83,7 +83,9 @@ def make_plan(cfg: Config, nodes: int, cpus: float, gpus: float, num_clips: int)
 def node_storage_problems(src: str, clips: list[str], out: str) -> list[str]:
     """What this machine cannot do: read `src` and `clips` (which the driver could read), write `out`."""
     problems = []
-    if not os.path.isdir(src):
+    if "://" in src:  # a bucket: each decode worker fetches its clips (pipeline/remote_src.py)
+        clips = []
+    elif not os.path.isdir(src):
         problems.append(f"cannot see --src {src}")
     for path in clips:
         try:

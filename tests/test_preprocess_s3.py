@@ -215,6 +215,31 @@ def test_cli_exit_2_names_the_url(server, clips):
     assert "s3://no-such-bucket" in result.output
 
 
+def test_src_in_a_bucket(server, local_ref, clips, cfg, tmp_path):
+    """--src s3://...: the CSV read through fsspec, clips fetched by the decode workers; the same
+    shards as from the local folder (the markers differ only in the `file not found` paths)."""
+    from pipeline.reader import open_output
+    from pipeline.sources import select_inputs
+
+    server.s3.create_bucket(Bucket="tsa-src")
+    src = server.upload(clips, "s3://tsa-src/openvid")
+    picked = select_inputs(src, limit=3).items  # selection only: no clip is fetched
+    assert [it.path for it in picked] == [f"{src}/videos/{it.video}" for it in picked]
+    out = tmp_path / "out"
+    result = run_preprocess(src, out, cfg)
+    assert result.counts["ok"] == 5
+    ref = files(local_ref)
+    got = files(out)
+    assert sorted(got) == sorted(ref)
+    for name in ref:
+        if name.endswith(".tar") or name == "masks.h5":
+            assert got[name] == ref[name], name
+    a, b = open_output(local_ref).rows(), open_output(out).rows()
+    assert [(r["key"], r["status"]) for r in a] == [(r["key"], r["status"]) for r in b]
+    missing = next(r for r in b if r["key"] == "broken_missing")
+    assert f"{src}/videos/" in missing["error"]
+
+
 def test_train_and_view_from_s3_output(server, s3_ref, tmp_path):
     result = CliRunner().invoke(app, ["view", "--shards", s3_ref, "--key", "landscape", "--out",
                                       str(tmp_path / "v.png")])
