@@ -18,7 +18,7 @@ import posixpath
 import shutil
 import tempfile
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Optional
 
 from pipeline.storage import RemoteStore, StorageError, _filesystem_class, is_url, resolve
@@ -36,10 +36,14 @@ def _store(url: str) -> RemoteStore:
 
 
 def _list_csvs(store: RemoteStore, url: str) -> list[str]:
+    """SRC/*.csv, else SRC/data/train/*.csv; OpenVidHD.csv dropped next to OpenVid-1M.csv (as locally)."""
+    from pipeline.sources import _openvid_pair
+
     for folder in (url, posixpath.join(url, "data", "train")):
         names = sorted(n for n in store.list_sizes(folder) if n.lower().endswith(".csv"))
         if names:
-            return [posixpath.join(folder, n) for n in names]
+            kept, _ = _openvid_pair([PurePosixPath(n) for n in names])
+            return [posixpath.join(folder, p.name) for p in kept]
     return []
 
 
