@@ -14,9 +14,9 @@ uploaded whole after the last shard.
 
 The staging folder (`DIR/tsa-staging-<hash of the URL>` for `--staging DIR`, default DIR: $TMPDIR) is a
 cache of the bucket: it is emptied at the start of each run, then holds the bucket's markers
-(small), the shard being assembled (and its spill file), and, for `--retry-failed`, the tars of
-the shards being redone; each tar is deleted once uploaded, and the folder is removed when the
-run ends.
+(small) and the shards being assembled (and their spill files); each tar is deleted once
+uploaded, and the folder is removed when the run ends. `--retry-failed` copies the kept rows of
+a rebuilt shard from its tar in the bucket with ranged GETs (no tar is downloaded whole).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import posixpath
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from pipeline.layout import DATASET_JSON, MANIFEST, MASKS, SHARDS_DIR, TMP_SUFFIX, shard_name
 from pipeline.selection import SUBSET_FILE
@@ -101,12 +101,6 @@ class RemoteOutput:
         """Files under shards/ (a tar without marker counts) but no dataset.json."""
         return bool(self.listing) and not (self.staging / DATASET_JSON).exists()
 
-    def fetch_tars(self, shards: Iterable[int]) -> None:
-        """--retry-failed: the current tars of the shards whose kept rows are copied."""
-        for s in shards:
-            name = f"{shard_name(s)}.tar"
-            self._get(self.where(SHARDS_DIR, name), self.staging / SHARDS_DIR / name)
-
     def clear(self) -> None:
         """--overwrite: delete what a previous run wrote under the prefix (our files only)."""
         names = [DATASET_JSON, MANIFEST, MASKS, SUBSET_FILE]
@@ -143,12 +137,6 @@ class RemoteOutput:
     def _put(self, local: Path, location: str) -> None:
         try:
             self.store.fs.put_file(str(local), self._key(location))
-        except Exception as e:  # noqa: BLE001
-            raise self._fail(location, e) from None
-
-    def _get(self, location: str, local: Path) -> None:
-        try:
-            self.store.fs.get_file(self._key(location), str(local))
         except Exception as e:  # noqa: BLE001
             raise self._fail(location, e) from None
 

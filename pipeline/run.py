@@ -267,13 +267,15 @@ def write_rows(out: Path, rows, items: list[ClipItem], cfg: Config,
                on_row: Optional[Callable[[dict[str, Any]], None]] = None,
                keep: Optional[dict[int, dict[str, Any]]] = None,
                total: Optional[int] = None,
-               on_shard: Optional[Callable[[dict[str, Any]], None]] = None) -> tuple[int, dict[str, int]]:
+               on_shard: Optional[Callable[[dict[str, Any]], None]] = None,
+               tars: Optional[str] = None) -> tuple[int, dict[str, int]]:
     """Write the rows (any order) into their shards; returns (shards written, failure reasons).
 
     `items` are the clips of this run. `keep` (--retry-failed) maps a finished shard to its
     marker: its positions that are not in `items` keep their stored rows and bytes. `total` is
     the length of the whole input list (default: the last item's position + 1). `on_shard(marker)`
-    runs after each shard is published (an output in a bucket uploads it there).
+    runs after each shard is published (an output in a bucket uploads it there); `tars`: where
+    the kept shards' tars are read (a bucket's shards/ URL; default `out/shards`).
     """
     import json
 
@@ -287,7 +289,7 @@ def write_rows(out: Path, rows, items: list[ClipItem], cfg: Config,
     total = total if total is not None else (max(it.index for it in items) + 1 if items else 0)
     slots = shard_slots(items, sps, total)
     arrays_wanted = [n[:-len(".npy")] for n in member_specs(cfg) if n != "teacher_scale.npy"]
-    assembler = ShardAssembler(out, slots)
+    assembler = ShardAssembler(out, slots, tars)
     written = 0
     reasons: dict[str, int] = {}
     try:
@@ -566,8 +568,6 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
     if retry_failed:
         redo, keep = _retry_rows(out, items, done, sps)
         retried = len(redo)
-        if remote is not None:
-            remote.fetch_tars(keep)
         todo = sorted(todo + redo, key=lambda it: it.index)
     result = RunResult(out=shown, total=len(items), counts={}, processed=len(todo), shards_written=0,
                        shards_done_before=len(done) - len(keep), retried=retried,
@@ -615,7 +615,8 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
             try:
                 result.shards_written, result.reasons = write_rows(
                     out, rows, todo, cfg, counted, keep=keep, total=len(items),
-                    on_shard=remote.publish if remote is not None else None)
+                    on_shard=remote.publish if remote is not None else None,
+                    tars=remote.where(SHARDS_DIR) if remote is not None else None)
             except ray.exceptions.RayError as e:  # e.g. an actor whose model cannot load: not one clip's fault
                 _stop_executors(before)
                 raise PreprocessError(f"the Ray pipeline failed (finished shards are kept; the same command "

@@ -131,9 +131,18 @@ class ShardWriter:
             self.tmp_path.unlink(missing_ok=True)
 
 
-def _read_at(path: Path, offset: int, size: int) -> bytes:
-    with open(path, "rb") as f:
-        data = os.pread(f.fileno(), size, offset)
+def _read_at(path: Path | str, offset: int, size: int) -> bytes:
+    if isinstance(path, str):  # a kept row's tar in a bucket (--retry-failed on a bucket --out): one ranged GET
+        from pipeline.storage import open_store
+
+        store = open_store(path)
+        try:
+            data = store.read_ranges(path, [(offset, offset + size)])[0]
+        finally:
+            store.close()
+    else:
+        with open(path, "rb") as f:
+            data = os.pread(f.fileno(), size, offset)
     if len(data) != size:
         raise OSError(f"{path}: {size} bytes expected at offset {offset}, got {len(data)}")
     return data
@@ -183,11 +192,13 @@ class ShardAssembler:
     shard). A position is filled either by `add` (a row of this run) or, for `--retry-failed`,
     by `keep(shard, marker)`: the rows of a complete shard that are not redone are copied (bytes
     as stored) from its current tar. A shard is published when its last position is filled;
-    `add` then returns its marker.
+    `add` then returns its marker. `tars`: where the current tars of kept shards are, when not
+    in `out/shards` (the URL of a bucket output's shards/, read by ranges).
     """
 
-    def __init__(self, out: Path, slots: dict[int, list[int]]):
+    def __init__(self, out: Path, slots: dict[int, list[int]], tars: Optional[str] = None):
         self.out = Path(out)
+        self.tars = tars
         self.slots = {s: sorted(ix) for s, ix in slots.items()}
         self.shard_of: dict[int, int] = {i: s for s, ix in self.slots.items() for i in ix}
         self.open: dict[int, _OpenShard] = {}
@@ -206,7 +217,7 @@ class ShardAssembler:
         if len(marker["rows"]) != len(sh.indices):
             raise ValueError(f"{shard_name(shard)}: marker has {len(marker['rows'])} rows, the input list "
                              f"assigns {len(sh.indices)} clips to it")
-        tar = self.out / SHARDS_DIR / marker["tar"]
+        tar = f"{self.tars}/{marker['tar']}" if self.tars else self.out / SHARDS_DIR / marker["tar"]
         for index, row in zip(sh.indices, marker["rows"]):
             if index in redo:
                 continue
