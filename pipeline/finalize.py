@@ -7,14 +7,24 @@ tars by their recorded offsets; nothing is scanned.
 from __future__ import annotations
 
 import os
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from pipeline.layout import MANIFEST, MANIFEST_COLUMNS, MASKS
-from pipeline.reader import read_marker, read_members
-from pipeline.storage import join
+from pipeline.reader import SampleRef, decode_member, read_entry, read_marker
+from pipeline.storage import join, open_store
+
+MAPS = ["motion.npy", "mask.npy"]
+
+
+def _read_maps(store, tar: str, key: str, entry: dict[str, list[int]]) -> dict[str, Any]:
+    """motion.npy and mask.npy of one sample, header-checked (one store for every read: a
+    bucket's filesystem and connections are reused across the whole output)."""
+    ref = SampleRef(tar, key, tuple((n, int(o), int(size)) for n, (o, size) in entry.items()))
+    return {n: decode_member(n, b) for n, b in read_entry(store, ref, MAPS).items()}
 
 
 def _manifest_table(rows: list[dict[str, Any]]):
@@ -63,7 +73,8 @@ def write_masks(out: Path, shards: list[int], grid: tuple[int, int, int], tars: 
     out = Path(out)
     tmp = out / (MASKS + ".tmp")
     n = 0
-    with h5py.File(tmp, "w") as h5:
+    store = open_store(tars or out / "shards")
+    with closing(store), h5py.File(tmp, "w") as h5:
         keys = h5.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
                                  chunks=(1024,))
         motion = h5.create_dataset("motion", shape=(0, *grid), maxshape=(None, *grid), dtype=np.float16,
@@ -77,7 +88,7 @@ def write_masks(out: Path, shards: list[int], grid: tuple[int, int, int], tars: 
             ok = [r["key"] for r in marker["rows"] if r["status"] == "ok"]
             if not ok:
                 continue
-            maps = [read_members(tar, marker["index"][k], ["motion.npy", "mask.npy"]) for k in ok]
+            maps = [_read_maps(store, str(tar), k, marker["index"][k]) for k in ok]
             m = len(ok)
             for d in (keys, motion, mask):
                 d.resize(n + m, axis=0)

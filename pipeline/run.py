@@ -504,7 +504,7 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
     then its marker (pipeline/remote_out.py).
     """
     from pipeline.remote_out import RemoteOutput, RemoteOutputError
-    from pipeline.storage import is_url
+    from pipeline.storage import StorageError, is_url
 
     if retry_failed and overwrite:
         raise PreprocessError("--retry-failed and --overwrite exclude each other")
@@ -519,8 +519,8 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
         return _run(selection, remote, Path(out) if remote is None else remote.staging, cfg,
                     ray_address=ray_address, overwrite=overwrite, retry_failed=retry_failed, on_start=on_start,
                     on_row=on_row, on_plan=on_plan, on_notice=on_notice)
-    except RemoteOutputError as e:  # an upload that failed: finished shards are kept, the same command resumes
-        raise PreprocessError(str(e)) from None
+    except (RemoteOutputError, StorageError) as e:  # a bucket request that failed mid-run: committed shards
+        raise PreprocessError(str(e)) from None      # are kept, the same command resumes
     finally:
         if remote is not None:
             remote.cleanup()

@@ -131,18 +131,9 @@ class ShardWriter:
             self.tmp_path.unlink(missing_ok=True)
 
 
-def _read_at(path: Path | str, offset: int, size: int) -> bytes:
-    if isinstance(path, str):  # a kept row's tar in a bucket (--retry-failed on a bucket --out): one ranged GET
-        from pipeline.storage import open_store
-
-        store = open_store(path)
-        try:
-            data = store.read_ranges(path, [(offset, offset + size)])[0]
-        finally:
-            store.close()
-    else:
-        with open(path, "rb") as f:
-            data = os.pread(f.fileno(), size, offset)
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        data = os.pread(f.fileno(), size, offset)
     if len(data) != size:
         raise OSError(f"{path}: {size} bytes expected at offset {offset}, got {len(data)}")
     return data
@@ -199,6 +190,7 @@ class ShardAssembler:
     def __init__(self, out: Path, slots: dict[int, list[int]], tars: Optional[str] = None):
         self.out = Path(out)
         self.tars = tars
+        self._store = None  # the bucket's store, opened on the first kept row read from it
         self.slots = {s: sorted(ix) for s, ix in slots.items()}
         self.shard_of: dict[int, int] = {i: s for s, ix in self.slots.items() for i in ix}
         self.open: dict[int, _OpenShard] = {}
@@ -251,7 +243,8 @@ class ShardAssembler:
             if slot.members:
                 if slot.source == sh.spill_path:
                     sh.spill.flush()
-                members = {n: _read_at(slot.source, off, size) for n, off, size in slot.members}
+                members = self._read_kept(slot) if isinstance(slot.source, str) else \
+                    {n: _read_at(slot.source, off, size) for n, off, size in slot.members}
             sh.writer.add(slot.row, members)
             sh.next += 1
         if sh.next < len(sh.indices):
@@ -261,6 +254,18 @@ class ShardAssembler:
         del self.open[sh.shard]
         self.published.append(sh.shard)
         return marker
+
+    def _read_kept(self, slot: _Slot) -> dict[str, bytes]:
+        """A kept row's members from its tar in a bucket: one request, concurrent ranges."""
+        from pipeline.storage import open_store
+
+        if self._store is None:
+            self._store = open_store(self.tars)
+        got = self._store.read_ranges(slot.source, [(off, off + size) for _, off, size in slot.members])
+        for (n, off, size), data in zip(slot.members, got):
+            if len(data) != size:
+                raise OSError(f"{slot.source}: {size} bytes expected at offset {off}, got {len(data)}")
+        return {n: data for (n, _, _), data in zip(slot.members, got)}
 
     def pending(self) -> dict[int, int]:
         """Open shards -> how many of their rows are still missing."""
