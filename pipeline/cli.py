@@ -128,10 +128,15 @@ def print_summary(console: Console, r: RunResult) -> None:
 
 
 def preprocess(
-    src: Optional[Path] = typer.Option(None, "--src", help="OpenVid root (data/train/*.csv + video/, as its download "
-                                                            "script writes it), a folder with CSV files + videos/, "
-                                                            "or a folder of clips with same-named .txt captions."),
-    out: Path = typer.Option(..., "--out", help="Output folder (dataset.json, manifest.parquet, masks.h5, shards/)."),
+    src: Optional[str] = typer.Option(None, "--src", help="OpenVid root (data/train/*.csv + video/, as its download "
+                                                           "script writes it), a folder with CSV files + videos/, "
+                                                           "or a folder of clips with same-named .txt captions; "
+                                                           "or a bucket prefix with CSV files (s3://..., gs://...)."),
+    out: str = typer.Option(..., "--out", help="Output folder (dataset.json, manifest.parquet, masks.h5, shards/), or "
+                                               "a bucket prefix: s3://bucket/prefix, gs://... (docs/storage.md)."),
+    staging: Optional[Path] = typer.Option(None, "--staging", help="With a bucket --out: the local folder where each "
+                                                                    "shard is built before its upload (default under "
+                                                                    "$TMPDIR; emptied at start, removed at the end)."),
     config: str = typer.Option("cogvideox2b_mtsa", "--config", "-c",
                                help="Config YAML or bundled name (cogvideox2b_mtsa, tiny)."),
     subset: Optional[Path] = typer.Option(None, "--subset", help="Keep only these `video` names (one per line, or a CSV "
@@ -181,7 +186,7 @@ def preprocess(
     if src is None and not csv:
         console.print("[red]error:[/] give --src FOLDER, or --csv FILE with --videos DIR", soft_wrap=True)
         raise typer.Exit(2)
-    if src is not None and not src.is_dir():
+    if src is not None and "://" not in src and not Path(src).is_dir():
         console.print(f"[red]error:[/] --src {src}: not a folder", soft_wrap=True)
         raise typer.Exit(2)
     _quiet_ray_logs()
@@ -211,7 +216,8 @@ def preprocess(
     try:
         with bar:
             result = run_preprocess(src, out, cfg, subset=subset, limit=limit, ray_address=ray_address,
-                                    overwrite=overwrite, retry_failed=retry_failed, on_start=on_start,
+                                    overwrite=overwrite, retry_failed=retry_failed, staging=staging,
+                                    on_start=on_start,
                                     on_row=on_row, on_plan=on_plan,
                                     on_notice=lambda line: console.print(f"[yellow]warning:[/] {line}",
                                                                          soft_wrap=True, highlight=False),

@@ -7,13 +7,24 @@ tars by their recorded offsets; nothing is scanned.
 from __future__ import annotations
 
 import os
+from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from pipeline.layout import MANIFEST, MANIFEST_COLUMNS, MASKS
-from pipeline.reader import read_marker, read_members
+from pipeline.reader import SampleRef, decode_member, read_entry, read_marker
+from pipeline.storage import join, open_store
+
+MAPS = ["motion.npy", "mask.npy"]
+
+
+def _read_maps(store, tar: str, key: str, entry: dict[str, list[int]]) -> dict[str, Any]:
+    """motion.npy and mask.npy of one sample, header-checked (one store for every read: a
+    bucket's filesystem and connections are reused across the whole output)."""
+    ref = SampleRef(tar, key, tuple((n, int(o), int(size)) for n, (o, size) in entry.items()))
+    return {n: decode_member(n, b) for n, b in read_entry(store, ref, MAPS).items()}
 
 
 def _manifest_table(rows: list[dict[str, Any]]):
@@ -51,17 +62,19 @@ def write_manifest(out: Path, shards: list[int]) -> Any:
     return table
 
 
-def write_masks(out: Path, shards: list[int], grid: tuple[int, int, int]) -> int:
+def write_masks(out: Path, shards: list[int], grid: tuple[int, int, int], tars: Optional[str] = None) -> int:
     """masks.h5: `keys` [n], `motion` [n, F, H, W] float16, `mask` [n, F, H, W] bool; returns n.
 
-    Written shard by shard into resizable datasets, so memory stays at one shard's maps.
+    Written shard by shard into resizable datasets, so memory stays at one shard's maps. The
+    tars are read under `tars` (default `out/shards`; a URL for an output in a bucket).
     """
     import h5py
 
     out = Path(out)
     tmp = out / (MASKS + ".tmp")
     n = 0
-    with h5py.File(tmp, "w") as h5:
+    store = open_store(tars or out / "shards")
+    with closing(store), h5py.File(tmp, "w") as h5:
         keys = h5.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
                                  chunks=(1024,))
         motion = h5.create_dataset("motion", shape=(0, *grid), maxshape=(None, *grid), dtype=np.float16,
@@ -71,11 +84,11 @@ def write_masks(out: Path, shards: list[int], grid: tuple[int, int, int]) -> int
         h5.attrs["grid"] = list(grid)
         for s in shards:
             marker = read_marker(out, s)
-            tar = out / "shards" / marker["tar"]
+            tar = join(tars, marker["tar"]) if tars else out / "shards" / marker["tar"]
             ok = [r["key"] for r in marker["rows"] if r["status"] == "ok"]
             if not ok:
                 continue
-            maps = [read_members(tar, marker["index"][k], ["motion.npy", "mask.npy"]) for k in ok]
+            maps = [_read_maps(store, str(tar), k, marker["index"][k]) for k in ok]
             m = len(ok)
             for d in (keys, motion, mask):
                 d.resize(n + m, axis=0)
@@ -87,8 +100,9 @@ def write_masks(out: Path, shards: list[int], grid: tuple[int, int, int]) -> int
     return n
 
 
-def finalize(out: Path, num_shards: int, grid: tuple[int, int, int]) -> dict[str, int]:
-    """Write manifest and masks from shards 0..num_shards-1 (all must be complete)."""
+def finalize(out: Path, num_shards: int, grid: tuple[int, int, int], tars: Optional[str] = None) -> dict[str, int]:
+    """Write manifest and masks from shards 0..num_shards-1 (all must be complete). `tars`: where
+    the shard tars are when not in `out/shards` (see write_masks)."""
     from pipeline.layout import shard_marker
 
     missing = [s for s in range(num_shards) if not shard_marker(out, s).exists()]
@@ -96,7 +110,7 @@ def finalize(out: Path, num_shards: int, grid: tuple[int, int, int]) -> dict[str
         raise RuntimeError(f"{out}: cannot finalize, shards not complete: {missing[:10]}")
     shards = list(range(num_shards))
     table = write_manifest(out, shards)
-    n = write_masks(out, shards, grid)
+    n = write_masks(out, shards, grid, tars)
     status = table["status"].to_pylist()
     return {"ok": status.count("ok"), "failed": status.count("failed"), "skipped": status.count("skipped"),
             "masks": n}

@@ -83,7 +83,9 @@ def make_plan(cfg: Config, nodes: int, cpus: float, gpus: float, num_clips: int)
 def node_storage_problems(src: str, clips: list[str], out: str) -> list[str]:
     """What this machine cannot do: read `src` and `clips` (which the driver could read), write `out`."""
     problems = []
-    if not os.path.isdir(src):
+    if "://" in src:  # a bucket: each decode worker fetches its clips (pipeline/remote_src.py)
+        clips = []
+    elif not os.path.isdir(src):
         problems.append(f"cannot see --src {src}")
     for path in clips:
         try:
@@ -92,6 +94,8 @@ def node_storage_problems(src: str, clips: list[str], out: str) -> list[str]:
         except OSError as e:
             problems.append(f"cannot read {path} ({e.strerror or type(e).__name__})")
             break
+    if not out:  # an output in a bucket: only the driver writes (pipeline/remote_out.py)
+        return problems
     probe = os.path.join(out, f".tsa-write-check-{uuid.uuid4().hex}")
     try:
         with open(probe, "wb") as f:
@@ -118,7 +122,8 @@ def check_storage(ray_module, src: str, clips: list[str], out: str, timeout_s: f
     """Run `node_storage_problems` on every alive node; returns one line per failing node."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    os.makedirs(out, exist_ok=True)
+    if out:
+        os.makedirs(out, exist_ok=True)
     task = ray_module.remote(num_cpus=0)(_node_check)
     nodes = [n for n in ray_module.nodes() if n.get("Alive")]
     refs = {n["NodeManagerAddress"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(

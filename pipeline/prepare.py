@@ -16,6 +16,7 @@ from configs.schema import Config, config_from_dict
 from pipeline.decode import DecodeError, clean_error
 from pipeline.decode_proc import decode_with_timeout
 from pipeline.encode import preview_jpeg
+from pipeline.remote_src import local_copy
 
 
 def manifest_row(item: dict[str, Any], status: str, error: str | None, clip=None) -> dict[str, Any]:
@@ -61,7 +62,8 @@ class Prepare:
             return self._failed(base, item, item["status"], item["error"])
         torch.set_num_threads(1)  # parallelism comes from Ray tasks
         try:
-            clip = decode_with_timeout(item["path"], cfg.geometry, cfg.preprocess.decode.timeout_s)
+            with local_copy(item["path"]) as path:  # a clip in a bucket: fetched here, deleted after decoding
+                clip = decode_with_timeout(path, cfg.geometry, cfg.preprocess.decode.timeout_s)
         except DecodeError as e:
             return self._failed(base, item, "failed", str(e))
         try:

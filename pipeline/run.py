@@ -45,7 +45,7 @@ class RunStalled(RuntimeError):
 
 @dataclass
 class RunResult:
-    out: Path
+    out: Path | str  # the folder, or the URL of an output in a bucket
     total: int  # clips in the input list
     counts: dict[str, int]  # ok / failed / skipped over the whole output (manifest)
     processed: int  # clips processed by this run (0 when every shard was already done)
@@ -86,13 +86,14 @@ def _clear_output(out: Path) -> None:
         shutil.rmtree(shards)
 
 
-def check_output(out: Path, info: dict[str, Any], overwrite: bool) -> None:
-    """Refuse an `out` that holds another output (read-only: nothing is written yet)."""
+def check_output(out: Path, info: dict[str, Any], overwrite: bool, shown: Optional[Path | str] = None) -> None:
+    """Refuse an `out` that holds another output (read-only: nothing is written yet). `shown`:
+    the name in messages (the URL of an output in a bucket; `out` is then its staging folder)."""
     if overwrite:
         return
     old = read_dataset_info(out)
     if old is not None:
-        check_same_output(old, info, out)
+        check_same_output(old, info, shown or out)
     elif (out / SHARDS_DIR).is_dir() and any((out / SHARDS_DIR).iterdir()):
         raise PreprocessError(f"{out}/{SHARDS_DIR} has files but no {DATASET_JSON}; use --overwrite or another --out")
 
@@ -265,12 +266,16 @@ def shard_slots(items: list[ClipItem], sps: int, total: int) -> dict[int, list[i
 def write_rows(out: Path, rows, items: list[ClipItem], cfg: Config,
                on_row: Optional[Callable[[dict[str, Any]], None]] = None,
                keep: Optional[dict[int, dict[str, Any]]] = None,
-               total: Optional[int] = None) -> tuple[int, dict[str, int]]:
+               total: Optional[int] = None,
+               on_shard: Optional[Callable[[dict[str, Any]], None]] = None,
+               tars: Optional[str] = None) -> tuple[int, dict[str, int]]:
     """Write the rows (any order) into their shards; returns (shards written, failure reasons).
 
     `items` are the clips of this run. `keep` (--retry-failed) maps a finished shard to its
     marker: its positions that are not in `items` keep their stored rows and bytes. `total` is
-    the length of the whole input list (default: the last item's position + 1).
+    the length of the whole input list (default: the last item's position + 1). `on_shard(marker)`
+    runs after each shard is published (an output in a bucket uploads it there); `tars`: where
+    the kept shards' tars are read (a bucket's shards/ URL; default `out/shards`).
     """
     import json
 
@@ -284,14 +289,13 @@ def write_rows(out: Path, rows, items: list[ClipItem], cfg: Config,
     total = total if total is not None else (max(it.index for it in items) + 1 if items else 0)
     slots = shard_slots(items, sps, total)
     arrays_wanted = [n[:-len(".npy")] for n in member_specs(cfg) if n != "teacher_scale.npy"]
-    assembler = ShardAssembler(out, slots)
+    assembler = ShardAssembler(out, slots, tars)
     written = 0
     reasons: dict[str, int] = {}
     try:
         redo = {it.index for it in items}
         for shard, marker in (keep or {}).items():
-            if assembler.keep(shard, marker, redo) is not None:
-                written += 1
+            assembler.keep(shard, marker, redo)  # a kept shard always has rows to redo: never completes here
         for row in rows:
             index = int(row["index"])
             manifest = json.loads(row["row_json"])
@@ -302,8 +306,11 @@ def write_rows(out: Path, rows, items: list[ClipItem], cfg: Config,
                     members = encode_sample(arrays, bytes(row["preview"]), json.loads(row["meta_json"]), cfg)
                 except (ValueError, KeyError) as e:
                     manifest.update(status="failed", error=f"encoding: {e}")
-            if assembler.add(index, manifest, members) is not None:
+            marker = assembler.add(index, manifest, members)
+            if marker is not None:
                 written += 1
+                if on_shard is not None:
+                    on_shard(marker)
             if manifest["status"] == "failed":
                 reason = _reason(manifest["error"])
                 reasons[reason] = reasons.get(reason, 0) + 1
@@ -480,7 +487,7 @@ def _retry_rows(out: Path, items: list[ClipItem], done: set[int], sps: int
 
 def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Optional[str | Path] = None,
                    limit: Optional[int] = None, ray_address: Optional[str] = None, overwrite: bool = False,
-                   retry_failed: bool = False,
+                   retry_failed: bool = False, staging: Optional[str | Path] = None,
                    on_start: Optional[Callable[[int, int], None]] = None,
                    on_row: Optional[Callable[[dict[str, Any]], None]] = None,
                    on_plan: Optional[Callable[[list[str]], None]] = None,
@@ -491,7 +498,38 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
 
     `on_start(todo_clips, total_clips)`, `on_row(manifest_row)`, `on_plan(lines)` and
     `on_notice(line)` (a node left the cluster) drive the display. `retry_failed` also re-processes the failed rows of finished shards, in place.
+
+    `out` may be a URL (`s3://bucket/prefix`, `gs://...`): the run works in a local staging folder
+    (`staging`, default under $TMPDIR) and commits each shard to the bucket by uploading its tar,
+    then its marker (pipeline/remote_out.py).
     """
+    from pipeline.remote_out import RemoteOutput, RemoteOutputError
+    from pipeline.storage import StorageError, is_url
+
+    if retry_failed and overwrite:
+        raise PreprocessError("--retry-failed and --overwrite exclude each other")
+    remote: Optional[RemoteOutput] = None
+    if is_url(str(out)):
+        try:
+            remote = RemoteOutput(str(out), staging)
+        except RemoteOutputError as e:
+            raise PreprocessError(str(e)) from None
+    selection = select_inputs(src, subset=subset, limit=limit, **inputs)
+    try:
+        return _run(selection, remote, Path(out) if remote is None else remote.staging, cfg,
+                    ray_address=ray_address, overwrite=overwrite, retry_failed=retry_failed, on_start=on_start,
+                    on_row=on_row, on_plan=on_plan, on_notice=on_notice)
+    except (RemoteOutputError, StorageError) as e:  # a bucket request that failed mid-run: committed shards
+        raise PreprocessError(str(e)) from None      # are kept, the same command resumes
+    finally:
+        if remote is not None:
+            remote.cleanup()
+
+
+def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, retry_failed, on_start, on_row,
+         on_plan, on_notice) -> RunResult:
+    """run_preprocess after the inputs are selected; `out` is the local folder (the staging
+    folder of `remote`, an output in a bucket)."""
     import copy
 
     import ray
@@ -500,20 +538,27 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
     from pipeline.finalize import finalize
     from pipeline.model_refs import model_records, vae_scaling_factor
     from pipeline.plan import check_storage, cluster_totals, make_plan, readable_sample
+    from pipeline.remote_out import RemoteOutputError
 
-    out = Path(out)
-    if retry_failed and overwrite:
-        raise PreprocessError("--retry-failed and --overwrite exclude each other")
-    selection = select_inputs(src, subset=subset, limit=limit, **inputs)
+    if remote is not None:
+        try:
+            remote.check()  # before anything is written: missing bucket, bad credentials
+            remote.pull()
+        except RemoteOutputError as e:
+            raise PreprocessError(str(e)) from None
+        if not overwrite and remote.has_stray_files():
+            raise PreprocessError(f"{remote.url}/{SHARDS_DIR} has files but no {DATASET_JSON}; use --overwrite or "
+                                  f"another --out")
+    shown = remote.url if remote is not None else out
     items = selection.items
     resolved = resolve_tiny(copy.deepcopy(cfg))
     models = model_records(cfg, resolved)
     info = build_dataset_info(cfg, models=models, num_clips=len(items),
                               inputs_fp=clip_list_fingerprint(items),
                               scaling_factor=vae_scaling_factor(resolved), source=selection.source)
-    check_output(out, info, overwrite)
+    check_output(out, info, overwrite, shown)
     if retry_failed and read_dataset_info(out) is None:
-        raise PreprocessError(f"--retry-failed: {out} holds no tsa preprocess output yet")
+        raise PreprocessError(f"--retry-failed: {shown} holds no tsa preprocess output yet")
     sps = cfg.preprocess.samples_per_shard
     n_shards = info["num_shards"]
     done = set() if overwrite else {s for s in range(n_shards) if shard_marker(out, s).exists()}
@@ -524,7 +569,7 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
         redo, keep = _retry_rows(out, items, done, sps)
         retried = len(redo)
         todo = sorted(todo + redo, key=lambda it: it.index)
-    result = RunResult(out=out, total=len(items), counts={}, processed=len(todo), shards_written=0,
+    result = RunResult(out=shown, total=len(items), counts={}, processed=len(todo), shards_written=0,
                        shards_done_before=len(done) - len(keep), retried=retried,
                        max_failed_fraction=cfg.preprocess.max_failed_fraction)
     if not todo:
@@ -532,6 +577,8 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
             on_start(0, len(items))
         result.removed_partial = prepare_output(out, info, overwrite)
         selection.write_subset(out)
+        if remote is not None:
+            result.removed_partial += _prepare_remote(remote, overwrite)
     else:
         started, result.ray_start_s = start_ray(ray_address)
         try:
@@ -541,12 +588,14 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
                 on_plan(plan.lines(cfg))
             problems = check_storage(ray, selection.source,
                                      readable_sample([it.path for it in todo if it.status == "ok"]),
-                                     str(out.resolve()))
+                                     "" if remote is not None else str(out.resolve()))
             if problems:
                 raise PreprocessError("storage that every node must see is missing on some node(s):\n  "
                                       + "\n  ".join(problems))
             result.removed_partial = prepare_output(out, info, overwrite)
             selection.write_subset(out)
+            if remote is not None:
+                result.removed_partial += _prepare_remote(remote, overwrite)
             if on_start is not None:
                 on_start(len(todo), len(items))
             t0 = time.perf_counter()
@@ -564,8 +613,10 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
                     on_row(row)
 
             try:
-                result.shards_written, result.reasons = write_rows(out, rows, todo, cfg, counted, keep=keep,
-                                                                   total=len(items))
+                result.shards_written, result.reasons = write_rows(
+                    out, rows, todo, cfg, counted, keep=keep, total=len(items),
+                    on_shard=remote.publish if remote is not None else None,
+                    tars=remote.where(SHARDS_DIR) if remote is not None else None)
             except ray.exceptions.RayError as e:  # e.g. an actor whose model cannot load: not one clip's fault
                 _stop_executors(before)
                 raise PreprocessError(f"the Ray pipeline failed (finished shards are kept; the same command "
@@ -577,5 +628,20 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
         finally:
             if started:
                 ray.shutdown()
-    result.counts = finalize(out, n_shards, tuple(cfg.geometry.teacher_grid))
+    result.counts = finalize(out, n_shards, tuple(cfg.geometry.teacher_grid),
+                             tars=None if remote is None else remote.where(SHARDS_DIR))
+    if remote is not None:
+        for name in (SUBSET_FILE, MANIFEST, MASKS):  # whole files, after every shard
+            if (out / name).exists():
+                remote.put_file(name)
     return result
+
+
+def _prepare_remote(remote, overwrite: bool) -> int:
+    """The bucket side of prepare_output: --overwrite clears the prefix, tars without a marker are
+    deleted, dataset.json goes up before any shard. Returns how many partial files were removed."""
+    if overwrite:
+        remote.clear()
+    removed = remote.remove_partial()
+    remote.put_file(DATASET_JSON)
+    return removed

@@ -8,6 +8,8 @@ Layouts (SPEC section 5, docs/preprocess.md "Inputs"):
     `src/videos/`, `src/video/` (OpenVid's download script) and `src/` (in that order; for
     the data/train layout in `video/` or `videos/` only). Other columns are kept for the manifest.
   * A plain folder of clips (searched recursively) with same-named `.txt` captions.
+  * A bucket prefix (`s3://`, `gs://`) with CSV files: pipeline/remote_src.py (CSVs read through
+    fsspec, each clip fetched by its decode worker).
 
 Rows are selected (`--subset`, `--where`, `--sample`, `--limit`: pipeline/selection.py)
 before any clip file is looked at, so a 64K subset of a 1M-row CSV costs 64K `lstat` calls.
@@ -38,6 +40,7 @@ from pipeline.selection import (
     subset_mask,
     write_subset_file,
 )
+from pipeline.storage import is_url
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"}
 OPENVID_CSV, OPENVID_HD_CSV = "OpenVid-1M.csv", "OpenVidHD.csv"
@@ -183,8 +186,10 @@ def resolve_clip(dirs: list[Path], video: str) -> tuple[str, Optional[str]]:
 
 
 def _csv_entries(layout: Layout, subset: Optional[set[str]], where: list[str], sample: Optional[int],
-                 seed: int, limit: Optional[int]) -> list[dict[str, Any]]:
-    """Select rows over all CSVs (subset, where, sample, limit), then look their clips up."""
+                 seed: int, limit: Optional[int], resolver=None) -> list[dict[str, Any]]:
+    """Select rows over all CSVs (subset, where, sample, limit), then look their clips up
+    (`resolver(dirs, video)`, default resolve_clip; pipeline/remote_src.py for a bucket)."""
+    resolver = resolver or resolve_clip
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -228,7 +233,7 @@ def _csv_entries(layout: Layout, subset: Optional[set[str]], where: list[str], s
                 entries.append({"video": "", "path": "", "caption": caption, "extras": row,
                                 "error": f"{path.name}: empty `video` cell"})
                 continue
-            clip, error = resolve_clip(layout.video_dirs, video)
+            clip, error = resolver(layout.video_dirs, video)
             if error is None and (caption is None or not caption.strip()):
                 error = f"{path.name}: empty caption"
             entries.append({"video": video, "path": clip, "caption": caption, "extras": row, "error": error})
@@ -291,6 +296,11 @@ def select_inputs(src: Optional[str | Path] = None, subset: Optional[str | Path]
         raise SourceError(f"--sample {sample}: must be >= 1")
     if seed is not None and sample is None:
         raise SourceError("--seed only applies to --sample N")
+    if src is not None and is_url(str(src)):
+        from pipeline.remote_src import select_remote_inputs
+
+        return select_remote_inputs(str(src), subset, limit, csvs=csvs, videos=videos, where=where, sample=sample,
+                                    seed=seed)
     seed = 0 if seed is None else seed
     where = list(where or [])
     try:

@@ -183,11 +183,14 @@ class ShardAssembler:
     shard). A position is filled either by `add` (a row of this run) or, for `--retry-failed`,
     by `keep(shard, marker)`: the rows of a complete shard that are not redone are copied (bytes
     as stored) from its current tar. A shard is published when its last position is filled;
-    `add` then returns its marker.
+    `add` then returns its marker. `tars`: where the current tars of kept shards are, when not
+    in `out/shards` (the URL of a bucket output's shards/, read by ranges).
     """
 
-    def __init__(self, out: Path, slots: dict[int, list[int]]):
+    def __init__(self, out: Path, slots: dict[int, list[int]], tars: Optional[str] = None):
         self.out = Path(out)
+        self.tars = tars
+        self._store = None  # the bucket's store, opened on the first kept row read from it
         self.slots = {s: sorted(ix) for s, ix in slots.items()}
         self.shard_of: dict[int, int] = {i: s for s, ix in self.slots.items() for i in ix}
         self.open: dict[int, _OpenShard] = {}
@@ -206,7 +209,7 @@ class ShardAssembler:
         if len(marker["rows"]) != len(sh.indices):
             raise ValueError(f"{shard_name(shard)}: marker has {len(marker['rows'])} rows, the input list "
                              f"assigns {len(sh.indices)} clips to it")
-        tar = self.out / SHARDS_DIR / marker["tar"]
+        tar = f"{self.tars}/{marker['tar']}" if self.tars else self.out / SHARDS_DIR / marker["tar"]
         for index, row in zip(sh.indices, marker["rows"]):
             if index in redo:
                 continue
@@ -240,7 +243,8 @@ class ShardAssembler:
             if slot.members:
                 if slot.source == sh.spill_path:
                     sh.spill.flush()
-                members = {n: _read_at(slot.source, off, size) for n, off, size in slot.members}
+                members = self._read_kept(slot) if isinstance(slot.source, str) else \
+                    {n: _read_at(slot.source, off, size) for n, off, size in slot.members}
             sh.writer.add(slot.row, members)
             sh.next += 1
         if sh.next < len(sh.indices):
@@ -250,6 +254,18 @@ class ShardAssembler:
         del self.open[sh.shard]
         self.published.append(sh.shard)
         return marker
+
+    def _read_kept(self, slot: _Slot) -> dict[str, bytes]:
+        """A kept row's members from its tar in a bucket: one request, concurrent ranges."""
+        from pipeline.storage import open_store
+
+        if self._store is None:
+            self._store = open_store(self.tars)
+        got = self._store.read_ranges(slot.source, [(off, off + size) for _, off, size in slot.members])
+        for (n, off, size), data in zip(slot.members, got):
+            if len(data) != size:
+                raise OSError(f"{slot.source}: {size} bytes expected at offset {off}, got {len(data)}")
+        return {n: data for (n, _, _), data in zip(slot.members, got)}
 
     def pending(self) -> dict[int, int]:
         """Open shards -> how many of their rows are still missing."""
