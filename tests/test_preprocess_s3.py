@@ -4,6 +4,7 @@ on): the same bytes as a local run (every object downloaded and compared), SIGKI
 and `tsa train` / `tsa view` reading the output from the bucket."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -162,8 +163,15 @@ def test_kill_and_rerun_on_s3(server, s3_ref, local_ref, clips, cfg, tmp_path):
     cmd = [sys.executable, "-c", "from cli import main; main()", "preprocess", "--src", str(clips), "--out", url,
            "--config", "tiny", "-o", SPS[0], "-o", "preprocess.text.batch_size=1", "-o",
            "preprocess.teacher.batch_size=1", "--staging", str(tmp_path), "--no-progress"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]),
-                                                         os.environ.get("PYTHONPATH", "")]))
+    # The last decodable clip hangs in its decode child (pipeline/hooks.py) until the kill, so the
+    # killed run cannot have finished every shard however fast the machine is.
+    from pipeline.sources import list_clips
+
+    last = [it for it in list_clips(clips) if it.status == "ok"][-1]
+    hooks = tmp_path.parent / f"{tmp_path.name}-hooks.json"
+    hooks.write_text(json.dumps({"hang_decode": Path(last.path).name}))
+    env = dict(os.environ, TSA_TEST_HOOKS=str(hooks),
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
     log = open(tmp_path / "killed.log", "w")
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
