@@ -7,6 +7,7 @@ its own Ray, killed with SIGKILL together with every process of its session.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -188,9 +189,16 @@ def test_sigkill_then_resume_equals_uninterrupted(ref, clips, cfg, tmp_path):
     cmd = [sys.executable, "-c", "from cli import main; main()", "preprocess", "--src", str(clips), "--out", str(out),
            "--config", "tiny", "-o", SPS[0], "-o", "preprocess.text.batch_size=1", "-o",
            "preprocess.teacher.batch_size=1", "--no-progress"]
+    # The last decodable clip hangs in its decode child (pipeline/hooks.py) until the kill, so the
+    # killed run cannot have finished every shard however fast the machine is.
+    from pipeline.sources import list_clips
+
+    last = [it for it in list_clips(clips) if it.status == "ok"][-1]
+    hooks = tmp_path / "hooks.json"
+    hooks.write_text(json.dumps({"hang_decode": Path(last.path).name}))
     log = open(tmp_path / "killed.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env=dict(os.environ))
+                            env=dict(os.environ, TSA_TEST_HOOKS=str(hooks)))
     marker = out / "shards" / "shard-000000.json"
     deadline = time.monotonic() + 240
     try:
