@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from configs.schema import ConfigError, Geometry, TeacherConfig
-from pipeline.teacher_weights import TeacherCheckpointError
+from pipeline.teacher_weights import TeacherCheckpointError, read_hf_config, save_random_hf
 
 TINY_POS_SIDE = 4  # the tiny model's pretrained position table is 4 x 4 (interpolated to the frame grid)
 
@@ -53,15 +53,7 @@ class Dinov2Teacher(nn.Module):
 def _dinov2_config(ref: str):
     from transformers import Dinov2Config
 
-    try:
-        config = Dinov2Config.from_pretrained(ref)
-    except Exception as e:  # no config.json, not on the hub, offline
-        raise TeacherCheckpointError(f"models.teacher.checkpoint={ref}: cannot read a DINOv2 config "
-                                     f"({type(e).__name__}: {e})") from None
-    if config.model_type != "dinov2":
-        raise TeacherCheckpointError(f"models.teacher.checkpoint={ref}: config.json says model_type "
-                                     f"{config.model_type!r}, models.teacher.kind=dinov2 needs 'dinov2'")
-    return config
+    return read_hf_config(Dinov2Config, ref, "dinov2", "DINOv2")
 
 
 def check_dinov2_config(config, teacher_cfg: TeacherConfig, geometry: Geometry, ref: str) -> None:
@@ -110,13 +102,4 @@ def save_random_dinov2(teacher_cfg: TeacherConfig, geometry: Geometry, folder: s
     LayerNorm and bias values so every tensor matters) with save_pretrained. Global RNG unchanged."""
     from transformers import Dinov2Model
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Dinov2Model(tiny_dinov2_config(teacher_cfg, geometry))
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name.endswith("bias") or "norm" in name:
-                    p.add_(torch.randn_like(p) * 0.02)
-    folder = Path(folder)
-    model.save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_random_hf(Dinov2Model, tiny_dinov2_config(teacher_cfg, geometry), folder, seed)

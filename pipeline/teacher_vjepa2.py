@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from configs.schema import ConfigError, Geometry, TeacherConfig
-from pipeline.teacher_weights import TeacherCheckpointError
+from pipeline.teacher_weights import TeacherCheckpointError, read_hf_config, save_random_hf
 
 
 class Vjepa2Teacher(nn.Module):
@@ -54,15 +54,7 @@ class Vjepa2Teacher(nn.Module):
 def _vjepa2_config(ref: str):
     from transformers import VJEPA2Config
 
-    try:
-        config = VJEPA2Config.from_pretrained(ref)
-    except Exception as e:  # no config.json, not on the hub, offline
-        raise TeacherCheckpointError(f"models.teacher.checkpoint={ref}: cannot read a V-JEPA 2 config "
-                                     f"({type(e).__name__}: {e})") from None
-    if config.model_type != "vjepa2":
-        raise TeacherCheckpointError(f"models.teacher.checkpoint={ref}: config.json says model_type "
-                                     f"{config.model_type!r}, models.teacher.kind=vjepa2 needs 'vjepa2'")
-    return config
+    return read_hf_config(VJEPA2Config, ref, "vjepa2", "V-JEPA 2")
 
 
 def check_vjepa2_config(config, teacher_cfg: TeacherConfig, geometry: Geometry, ref: str) -> None:
@@ -120,17 +112,6 @@ def tiny_vjepa2_config(teacher_cfg: TeacherConfig, geometry: Geometry):
 def save_random_vjepa2(teacher_cfg: TeacherConfig, geometry: Geometry, folder, seed: int = 0):
     """Write a random-weight VJEPA2Model (fixed seed, transformers' init plus small random
     LayerNorm and bias values) with save_pretrained. Global RNG unchanged."""
-    from pathlib import Path
-
     from transformers import VJEPA2Model
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = VJEPA2Model(tiny_vjepa2_config(teacher_cfg, geometry))
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name.endswith("bias") or "norm" in name:
-                    p.add_(torch.randn_like(p) * 0.02)
-    folder = Path(folder)
-    model.save_pretrained(folder, safe_serialization=True)
-    return folder
+    return save_random_hf(VJEPA2Model, tiny_vjepa2_config(teacher_cfg, geometry), folder, seed)

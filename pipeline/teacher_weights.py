@@ -142,3 +142,36 @@ def weights_sha256(path: str | Path) -> str:
     from pipeline.model_refs import file_sha256
 
     return file_sha256(Path(path))
+
+
+def read_hf_config(config_cls, ref: str, kind: str, label: str):
+    """transformers config of a `models.teacher.kind` teacher (folder or hub id); errors name the
+    config key and the model_type that `kind` needs (e.g. dinov2_with_registers is not dinov2)."""
+    try:
+        config = config_cls.from_pretrained(ref)
+    except Exception as e:  # no config.json, not on the hub, offline
+        raise TeacherCheckpointError(f"models.teacher.checkpoint={ref}: cannot read a {label} config "
+                                     f"({type(e).__name__}: {e})") from None
+    if config.model_type != kind:
+        raise TeacherCheckpointError(f"models.teacher.checkpoint={ref}: config.json says model_type "
+                                     f"{config.model_type!r}, models.teacher.kind={kind} needs {kind!r}")
+    return config
+
+
+def save_random_hf(model_cls, config, folder, seed: int = 0):
+    """Write a random-weight transformers model (fixed seed, transformers' init, then small random
+    LayerNorm and bias values so every tensor matters) with save_pretrained. Global RNG unchanged."""
+    from pathlib import Path
+
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias") or "norm" in name:
+                    p.add_(torch.randn_like(p) * 0.02)
+    folder = Path(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
