@@ -36,3 +36,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One fresh local Ray (2 CPUs) for a test module: never a cluster some other process
+    started on this machine; the actors see the session's TSA_CACHE."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"]}})
+    yield
+    if started:
+        ray.shutdown()

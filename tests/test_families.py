@@ -5,7 +5,6 @@ their tiny random-weight counterparts."""
 from __future__ import annotations
 
 import json
-import os
 import types
 from pathlib import Path
 
@@ -184,19 +183,6 @@ def test_tiny_1_5_student_pads_the_latent_in_front_and_drops_the_pad_prediction(
 
 
 # ----------------------------------------------------------------------------- the whole chain
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        # A fresh local instance: never a cluster some other process started on this machine.
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"]}})
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -20,6 +19,7 @@ import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from processes import kill_session
 import torch
 from PIL import Image
 
@@ -30,19 +30,6 @@ from pipeline.sample_clips import BROKEN, make_sample_clips
 
 pytestmark = pytest.mark.slow
 SPS = ["preprocess.samples_per_shard=2"]  # 12 inputs -> 6 shards: room to kill between two of them
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"]}})
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -159,28 +146,6 @@ def test_cli_errors_exit_2(ref, clips, tmp_path):
     assert res.exit_code == 2 and "config error" in res.output
 
 
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:  # fields after "(comm)": state ppid pgrp session ...
-            pids.append(int(stat.parent.name))
-    return pids
-
-
-def _kill_session(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver and every process of its session (its local Ray included)."""
-    for pid in [proc.pid] + [p for p in _session_pids(proc.pid) if p != proc.pid]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=30)
-
-
 def test_sigkill_then_resume_equals_uninterrupted(ref, clips, cfg, tmp_path):
     ref_out, _ = ref
     out = tmp_path / "out"
@@ -205,7 +170,7 @@ def test_sigkill_then_resume_equals_uninterrupted(ref, clips, cfg, tmp_path):
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        _kill_session(proc)
+        kill_session(proc)
     log.close()
     assert marker.exists(), (tmp_path / "killed.log").read_text()[-3000:]
     for tar in (out / "shards").glob("*.tar"):  # anything under a final name is a complete tar

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from processes import kill_session
 from typer.testing import CliRunner
 
 from cli import app
@@ -35,19 +35,6 @@ def server():
             mp.setenv(k, v)
         s3.s3.create_bucket(Bucket=BUCKET)
         yield s3
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"]}})
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -131,28 +118,6 @@ def _objects_now(server, prefix):
     return {o["Key"] for o in server.s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])}
 
 
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:  # fields after "(comm)": state ppid pgrp session ...
-            pids.append(int(stat.parent.name))
-    return pids
-
-
-def _kill_session(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver and every process of its session (its local Ray included)."""
-    for pid in [proc.pid] + [p for p in _session_pids(proc.pid) if p != proc.pid]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=30)
-
-
 def test_kill_and_rerun_on_s3(server, s3_ref, local_ref, clips, cfg, tmp_path):
     """A real `tsa preprocess` subprocess killed (SIGKILL, its whole session) once its first shard
     is committed; the same command then finishes only the missing shards, and every object
@@ -181,7 +146,7 @@ def test_kill_and_rerun_on_s3(server, s3_ref, local_ref, clips, cfg, tmp_path):
                 break
             time.sleep(0.05)
     finally:
-        _kill_session(proc)
+        kill_session(proc)
     log.close()
     assert "killed/shards/shard-000000.json" in _objects_now(server, "killed/"), \
         (tmp_path / "killed.log").read_text()[-3000:]
