@@ -32,7 +32,7 @@ def _root(
     """tsa: preprocess clips into shards, train with M-TSA, inspect the cache."""
 
 
-from train.sample import sample_cmd  # noqa: E402
+from evaluate.sample import sample_cmd  # noqa: E402
 
 app.command("sample")(sample_cmd)
 

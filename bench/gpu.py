@@ -63,11 +63,11 @@ def build_models(cfg: Config, small: bool, device: torch.device):
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    from pipeline.teacher import VideoMAEv2
+    from models.teacher import VideoMAEv2
 
     torch.manual_seed(0)
     if small:
-        from configs.tiny_models import build_tiny_pipeline
+        from models.tiny import build_tiny_pipeline
 
         pipe = build_tiny_pipeline(cfg)
         transformer, vae, t5 = pipe.transformer, pipe.vae, pipe.text_encoder
@@ -139,7 +139,7 @@ class TrainStep:
     def __init__(self, cfg: Config, transformer, device: torch.device, online=None):
         from tsa_core import mask_to_index, topk_mask
         from train.loss import alignment_loss, diffusion_loss
-        from train.model import Student, build_projector
+        from models.student import Student, build_projector
 
         self.cfg, self.device = cfg, device
         transformer.enable_gradient_checkpointing()
@@ -171,7 +171,7 @@ class TrainStep:
         return out
 
     def _online_targets(self, batch):
-        from pipeline.teacher import preprocess_frames
+        from models.teacher import preprocess_frames
 
         vae, teacher = self.online
         dtype = next(teacher.parameters()).dtype
@@ -266,7 +266,7 @@ def bench_train(cfg: Config, transformer, vae, teacher, device, small: bool) -> 
 # ----------------------------------------------------------------------------- 3: preprocess GPU stages
 
 def bench_preprocess(cfg: Config, vae, teacher, t5, device, small: bool) -> dict:
-    from pipeline.teacher import preprocess_frames
+    from models.teacher import preprocess_frames
 
     g = cfg.geometry
     dtype = next(teacher.parameters()).dtype

@@ -114,7 +114,7 @@ def main() -> None:
     import ray
 
     from configs import load_config
-    from configs.tiny_models import materialize_tiny
+    from models.tiny import materialize_tiny
     from pipeline.run import build_dataset, configure_ray_data, prepare_dataset, write_rows
     from pipeline.sources import list_clips
 

@@ -32,9 +32,9 @@ def main() -> None:
     import yaml
 
     from configs import load_config
-    from configs.tiny_models import resolve_tiny
+    from models.tiny import resolve_tiny
     from pipeline.mp4 import write_mp4
-    from train.sample import BaseRefs, SampleOptions, build_pipeline, read_samples, sample
+    from evaluate.sample import BaseRefs, SampleOptions, build_pipeline, read_samples, sample
 
     try:
         cfg = load_config("tiny")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from configs import load_config
-from pipeline.teacher import load_teacher, preprocess_frames, save_random_checkpoint, teacher_features
+from models.teacher import load_teacher, preprocess_frames, save_random_checkpoint, teacher_features
 
 
 def _timed(fn, repeats: int, sync) -> float:

@@ -28,12 +28,12 @@ def bench_step(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from configs import load_config
-    from configs.tiny_models import resolve_tiny
+    from models.tiny import resolve_tiny
     from pipeline.synthetic import make_synthetic_dataset
     from train.data import RankLoader
     from train.dataset_check import open_dataset
     from train.loss import DiffusionObjective, load_scheduler
-    from train.model import build_student, rotary_embedding
+    from models.student import build_student, rotary_embedding
     from train.optim import build_lr_scheduler, build_optimizer
     from train.step import StepContext, micro_batch_losses
 

@@ -38,7 +38,7 @@ def stage_dtype(cfg: Config, device: torch.device) -> torch.dtype:
 
 
 def _resolved(cfg_dict: dict[str, Any], cache_dir: Optional[str]) -> Config:
-    from configs.tiny_models import resolve_tiny
+    from models.tiny import resolve_tiny
 
     if cache_dir:
         os.environ["TSA_CACHE"] = cache_dir
@@ -115,7 +115,7 @@ class TeacherStage:
     """teacher_in float32 [B, 3, T, h, w] -> teacher float32 [B, N, dim]."""
 
     def __init__(self, cfg_dict: dict[str, Any], cache_dir: Optional[str] = None):
-        from pipeline.teacher import load_teacher
+        from models.teacher import load_teacher
 
         self.cfg = _resolved(cfg_dict, cache_dir)
         self.device = stage_device(self.cfg.preprocess.teacher.num_gpus)
@@ -125,7 +125,7 @@ class TeacherStage:
         self.out_shape = (g[0] * g[1] * g[2], self.cfg.models.teacher.dim)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from pipeline.teacher import teacher_features
+        from models.teacher import teacher_features
 
         inputs = batch.pop("teacher_in")
         out = np.zeros((len(inputs), *self.out_shape), np.float32)

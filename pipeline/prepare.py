@@ -53,7 +53,7 @@ class Prepare:
         self.cfg = config_from_dict(cfg_dict)
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        from pipeline.teacher import preprocess_frames
+        from models.teacher import preprocess_frames
         from tsa_core import motion_map, topk_mask
 
         cfg = self.cfg

@@ -167,7 +167,7 @@ def start_ray(address: Optional[str]) -> tuple[bool, float]:
     t0 = time.perf_counter()
     if ray.is_initialized():
         return False, 0.0
-    from configs.tiny_models import cache_root
+    from models.tiny import cache_root
 
     quiet_ray_loggers()
     if address not in (None, "auto", "local"):
@@ -219,7 +219,7 @@ def build_dataset(items: list[ClipItem], cfg: Config, actors: Optional[dict[str,
     pool size per model stage (pipeline.plan.make_plan); default: the config's integers, 1 for auto."""
     from ray.data import ActorPoolStrategy
 
-    from configs.tiny_models import cache_root
+    from models.tiny import cache_root
     from pipeline.encoders import TeacherStage, TextStage, VaeStage
 
     ds = prepare_dataset(items, cfg)
@@ -534,9 +534,9 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
 
     import ray
 
-    from configs.tiny_models import resolve_tiny
+    from models.tiny import resolve_tiny
     from pipeline.finalize import finalize
-    from pipeline.model_refs import model_records, vae_scaling_factor
+    from models.refs import model_records, vae_scaling_factor
     from pipeline.plan import check_storage, cluster_totals, make_plan, readable_sample
     from pipeline.remote_out import RemoteOutputError
 

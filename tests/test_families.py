@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from configs import ConfigError, load_config
-from configs.tiny_models import resolve_tiny, tiny_fingerprint
-from train.model import Student, build_projector, build_student, check_transformer, rotary_embedding
+from models.tiny import resolve_tiny, tiny_fingerprint
+from models.student import Student, build_projector, build_student, check_transformer, rotary_embedding
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -114,7 +114,7 @@ def test_a_time_grid_without_a_whole_upsampling_factor_is_refused():
 
 
 def test_sample_defaults_to_the_run_s_geometry():
-    from train.sample import default_geometry
+    from evaluate.sample import default_geometry
 
     assert default_geometry(_paper("cogvideox15_5b_mtsa")) == (81, 768, 1360)
     assert default_geometry(_paper("cogvideox5b_mtsa")) == (49, 480, 720)

@@ -93,9 +93,9 @@ def test_arrays_equal_direct_model_calls(ref, cfg, clips):
     """The Ray pipeline stores what the models give when called directly on the decoded clip."""
     import copy
 
-    from configs.tiny_models import resolve_tiny
+    from models.tiny import resolve_tiny
     from pipeline.encoders import TextStage, VaeStage
-    from pipeline.teacher import load_teacher, preprocess_frames, teacher_features
+    from models.teacher import load_teacher, preprocess_frames, teacher_features
     from tsa_core import motion_map, topk_mask
 
     out, _ = ref

@@ -14,8 +14,8 @@ import yaml
 from typer.testing import CliRunner
 
 from configs import load_config
-from configs.tiny_models import resolve_tiny
-from train.sample import SampleOptions, default_geometry, sample
+from models.tiny import resolve_tiny
+from evaluate.sample import SampleOptions, default_geometry, sample
 
 CAPTIONS = [
     ("a ball rolls across the table", "a red ball rolls across a wooden table and hits a glass"),
@@ -235,7 +235,7 @@ def test_default_geometry_is_the_paper_s_unless_the_run_is_tiny():
 
 
 def test_architecture_check_takes_a_pipeline_or_a_transformer_folder_as_base(tiny_run, tmp_path):
-    from train.sample import SampleError, check_architecture
+    from evaluate.sample import SampleError, check_architecture
 
     tdir = tiny_run.ckpt / "transformer"
     for base in (tiny_run.base, tiny_run.base / "transformer"):  # models.student may name either

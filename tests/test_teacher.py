@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from configs import load_config
 from configs.schema import ConfigError
-from pipeline.teacher import (
+from models.teacher import (
     TeacherCheckpointError,
     VideoMAEv2,
     load_teacher,
@@ -238,7 +238,7 @@ def test_wrong_input_shape_is_a_clear_error(cfg, ckpt):
 
 
 def test_tiny_config_loads_through_resolve_tiny(tiny_cfg):
-    from configs.tiny_models import resolve_tiny
+    from models.tiny import resolve_tiny
 
     cfg = resolve_tiny(tiny_cfg)
     assert cfg.models.teacher.checkpoint.endswith("teacher.safetensors")

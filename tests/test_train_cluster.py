@@ -153,8 +153,8 @@ def test_storage_check_names_node_and_path(shards, tmp_path):
 
 
 def test_projector_init_does_not_depend_on_how_the_transformer_loads(monkeypatch):
-    import train.model as model
-    from configs.tiny_models import resolve_tiny
+    import models.student as model
+    from models.tiny import resolve_tiny
 
     cfg = resolve_tiny(load_config("tiny"))
     first = model.build_student(cfg).projector.state_dict()

@@ -41,7 +41,7 @@ def test_cli_trains_and_the_checkpoint_drops_into_cogvideox_pipeline(shards, tmp
     from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
     from safetensors.torch import load_file
 
-    from configs.tiny_models import resolve_tiny
+    from models.tiny import resolve_tiny
 
     out = tmp_path / "run"
     code, output = _cli("--shards", shards, "--out", out, "--config", "tiny", "--max-steps", 2,

@@ -25,8 +25,8 @@ def _train(shards, out, *overrides, resume=False):
 
 
 def test_lora_trains_only_adapters_and_projector():
-    from configs.tiny_models import resolve_tiny
-    from train.model import build_student
+    from models.tiny import resolve_tiny
+    from models.student import build_student
 
     cfg = resolve_tiny(load_config("tiny", [*LORA, "train.gradient_checkpointing=true"]))
     student = build_student(cfg)
@@ -48,10 +48,10 @@ def test_lora_trains_only_adapters_and_projector():
 def test_lora_checkpoint_loads_into_cogvideox_pipeline_and_resumes_exactly(shards, tmp_path):
     from diffusers import CogVideoXPipeline
 
-    from configs.tiny_models import resolve_tiny
+    from models.tiny import resolve_tiny
     from train.checkpoint import load_checkpoint
     from train.distributed import Dist
-    from train.model import build_student
+    from models.student import build_student
     from train.optim import build_lr_scheduler, build_optimizer
 
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -132,7 +132,7 @@ def test_tsa_sample_takes_a_lora_checkpoint(shards, tmp_path):
         return read_frames(next((tmp_path / name).glob("*.mp4")))
 
     adapted = video(ckpt, "lora")
-    from configs.tiny_models import resolve_tiny
+    from models.tiny import resolve_tiny
 
     root = resolve_tiny(load_config("tiny")).models.student
     g = load_config("tiny").geometry

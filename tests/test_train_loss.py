@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from configs.schema import AlignConfig
-from configs.tiny_models import COGVIDEOX_2B_SCHEDULER
+from models.tiny import COGVIDEOX_2B_SCHEDULER
 from train.loss import (DiffusionObjective, alignment_loss, diffusion_loss, draw_noise, posterior_sample,
                         sample_seed)
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from configs import load_config
-from configs.tiny_models import resolve_tiny
-from train.model import ModelError, Student, build_student, check_transformer, load_transformer, rotary_embedding
+from models.tiny import resolve_tiny
+from models.student import ModelError, Student, build_student, check_transformer, load_transformer, rotary_embedding
 from train.optim import WarmupConstant, build_lr_scheduler, build_optimizer
 
 

@@ -74,7 +74,7 @@ def test_validation_videos_are_fixed_and_leave_training_alone(shards, tmp_path):
 
 def test_bundled_prompts_and_a_missing_file(tmp_path):
     from configs.schema import ConfigError
-    from train.validate import validation_prompts
+    from evaluate.validate import validation_prompts
 
     bundled = validation_prompts(load_config("tiny"))
     assert 3 <= len(bundled) <= 8 and all(not p.startswith("#") for p in bundled)

@@ -18,7 +18,7 @@ from train.loss import DiffusionObjective, load_scheduler
 from train.memory_plan import plan_memory
 from train.metrics import MetricsLog
 from train.preflight import check_storage
-from train.model import build_student, rotary_embedding
+from models.student import build_student, rotary_embedding
 from train.optim import apply_train_config, build_lr_scheduler, build_optimizer
 from train.step import StepContext, micro_batch_losses
 
@@ -51,7 +51,7 @@ def _device() -> torch.device:
 
 def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
     """Train until `train.max_steps`; returns the final trainer state (all ranks)."""
-    from configs.tiny_models import resolve_tiny
+    from models.tiny import resolve_tiny
 
     cfg = job.cfg
     out = Path(job.out)
@@ -67,7 +67,7 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
         cfg.models.student = str(ckpt / "transformer")
     validator = None
     if cfg.train.validate_every > 0:  # T5 runs (and is freed) before the student loads
-        from train.validate import Validator, embed_prompts
+        from evaluate.validate import Validator, embed_prompts
 
         validator = Validator(cfg, out, dist, embed_prompts(cfg, out, dist))
     torch.manual_seed(cfg.seed)  # the same projector init on every rank and for every world size

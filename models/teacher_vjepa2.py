@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from configs.schema import ConfigError, Geometry, TeacherConfig
-from pipeline.teacher_weights import TeacherCheckpointError, read_hf_config, save_random_hf
+from models.teacher_weights import TeacherCheckpointError, read_hf_config, save_random_hf
 
 
 class Vjepa2Teacher(nn.Module):

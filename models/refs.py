@@ -1,7 +1,7 @@
 """Where the preprocess models come from, and the hashes recorded in `dataset.json`.
 
 A model ref is a local folder (diffusers layout, with the component in a subfolder), a hub
-id, or `tiny` (materialised by configs.tiny_models). The hash of a component is the sha256
+id, or `tiny` (materialised by models.tiny). The hash of a component is the sha256
 over its files (relative name and content hash, sorted), so the same weights give the same
 hash wherever they live. Hub ids are hashed from the local hub cache when present; otherwise
 only the hub's revision is recorded (the actors download the weights themselves).
@@ -23,7 +23,7 @@ _BIG = 64 << 20  # files above this size have their hash cached (T5-XXL is ~10 G
 
 
 def _hash_cache_path() -> Path:
-    from configs.tiny_models import cache_root
+    from models.tiny import cache_root
 
     return cache_root() / "sha256_cache.json"
 
@@ -112,7 +112,7 @@ def model_records(unresolved: Config, resolved: Config) -> dict[str, dict[str, A
 
     `unresolved` gives the sources as written (e.g. `tiny`); `resolved` the paths to hash.
     """
-    from pipeline.teacher import weights_sha256
+    from models.teacher import weights_sha256
 
     records: dict[str, dict[str, Any]] = {}
     for name, sub in COMPONENTS.items():

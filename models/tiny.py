@@ -152,7 +152,7 @@ def build_tiny_pipeline(cfg: Config):
 
 def save_tiny_models(cfg: Config, out: Path) -> Path:
     """Write the tiny pipeline (diffusers layout) and tiny teacher (official keys) to `out`."""
-    from pipeline.teacher import save_random_checkpoint
+    from models.teacher import save_random_checkpoint
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import typer
 
 from configs.schema import Config, ConfigError, load_config
 from pipeline.mp4 import to_uint8, write_mp4
-from train.prompts import Prompt, PromptError, read_prompts
+from evaluate.prompts import Prompt, PromptError, read_prompts
 
 PAPER_FRAMES, PAPER_HEIGHT, PAPER_WIDTH = 49, 480, 720
 SAMPLES_FILE = "samples.jsonl"
@@ -141,7 +141,7 @@ def resolve_base(base: Optional[str], run_cfg: Optional[Config], run_dir: Path) 
     if run_cfg is None:
         raise SampleError(f"no --base given and no run config at {Path(run_dir) / RUN_CONFIG}: "
                           f"pass --base (hub id or CogVideoX pipeline folder)")
-    from configs.tiny_models import resolve_tiny
+    from models.tiny import resolve_tiny
 
     m = resolve_tiny(copy.deepcopy(run_cfg)).models  # the caller's config keeps its `tiny` refs
     refs = BaseRefs(m.student, m.vae, m.text_encoder, m.tokenizer, m.scheduler)
@@ -254,7 +254,7 @@ def build_pipeline(refs: BaseRefs, transformer_dir: Optional[Path], torch_dtype)
 
     low_mem = True  # accelerate is a dependency: build each model empty, then fill it from its files
     if transformer_dir is None:
-        from train.model import load_transformer
+        from models.student import load_transformer
 
         transformer = _load("base transformer", refs.transformer, lambda: load_transformer(refs.transformer, torch_dtype))
     else:

@@ -3,7 +3,7 @@
 The ViT matches OpenGVLab/VideoMAEv2 `models/modeling_finetune.py` (VisionTransformer with
 qkv_bias=True, LayerNorm eps 1e-6, no layer scale) up to the output of the last block; the
 classifier head, pooling and its norm are not built. Keys follow the official state dict so
-the official checkpoints load unchanged (see pipeline/teacher_weights.py).
+the official checkpoints load unchanged (see models/teacher_weights.py).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from configs.schema import ConfigError, Geometry, TeacherConfig
-from pipeline.teacher_weights import (
+from models.teacher_weights import (
     TeacherCheckpointError,
     check_state_dict,
     read_state_dict,
@@ -207,20 +207,20 @@ def _expected_shapes(model: VideoMAEv2) -> dict[str, torch.Size]:
 def load_teacher(teacher_cfg: TeacherConfig, geometry: Geometry, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> nn.Module:
     """Build the ViT from config and load `teacher_cfg.checkpoint` (.pth or .safetensors, official keys);
-    `models.teacher.kind` dinov2 / vjepa2: pipeline/teacher_dinov2.py / teacher_vjepa2.py. Either maps [B, 3, T, h, w] -> [B, N, dim].
+    `models.teacher.kind` dinov2 / vjepa2: models/teacher_dinov2.py / teacher_vjepa2.py. Either maps [B, 3, T, h, w] -> [B, N, dim].
 
     Returns the model on `device` in `dtype`, eval mode, requires_grad False.
     """
     path = teacher_cfg.checkpoint
     if path == "tiny":
-        raise TeacherCheckpointError("models.teacher.checkpoint is 'tiny': call configs.tiny_models.resolve_tiny(cfg) "
+        raise TeacherCheckpointError("models.teacher.checkpoint is 'tiny': call models.tiny.resolve_tiny(cfg) "
                                      "first, or set it to a .pth/.safetensors file (kinds dinov2, vjepa2: a folder or hub id)")
     if teacher_cfg.kind == "dinov2":
-        from pipeline.teacher_dinov2 import load_dinov2
+        from models.teacher_dinov2 import load_dinov2
 
         return load_dinov2(teacher_cfg, geometry, device, dtype)
     if teacher_cfg.kind == "vjepa2":
-        from pipeline.teacher_vjepa2 import load_vjepa2
+        from models.teacher_vjepa2 import load_vjepa2
 
         return load_vjepa2(teacher_cfg, geometry, device, dtype)
     if teacher_cfg.kind != "videomaev2":
@@ -266,11 +266,11 @@ def save_random_checkpoint(teacher_cfg: TeacherConfig, geometry: Geometry, path:
     kind dinov2 / vjepa2: `path` is a folder written by Dinov2Model / VJEPA2Model.save_pretrained.
     """
     if teacher_cfg.kind == "dinov2":
-        from pipeline.teacher_dinov2 import save_random_dinov2
+        from models.teacher_dinov2 import save_random_dinov2
 
         return save_random_dinov2(teacher_cfg, geometry, path, seed)
     if teacher_cfg.kind == "vjepa2":
-        from pipeline.teacher_vjepa2 import save_random_vjepa2
+        from models.teacher_vjepa2 import save_random_vjepa2
 
         return save_random_vjepa2(teacher_cfg, geometry, path, seed)
     with torch.random.fork_rng(devices=[]):

@@ -1,0 +1,1 @@
+"""Generating videos from checkpoints: `tsa sample`, prompt sets, validation videos during training."""
