@@ -35,6 +35,7 @@ def main() -> None:
     from models.tiny import resolve_tiny
     from pipeline.mp4 import write_mp4
     from evaluate.sample import BaseRefs, SampleOptions, build_pipeline, read_samples, sample
+    from models.family import student_family
 
     try:
         cfg = load_config("tiny")
@@ -48,7 +49,7 @@ def main() -> None:
 
         t = time.perf_counter()
         refs = BaseRefs(*(str(base),) * 5)
-        build_pipeline(refs, base / "transformer", torch.float32)
+        build_pipeline(refs, base / "transformer", torch.float32, student_family(cfg))
         print(f"pipeline build (tiny, fp32): {time.perf_counter() - t:.2f} s")
 
         t = time.perf_counter()

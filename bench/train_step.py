@@ -32,8 +32,8 @@ def bench_step(args) -> None:
     from pipeline.synthetic import make_synthetic_dataset
     from train.data import RankLoader
     from train.dataset_check import open_dataset
-    from train.loss import DiffusionObjective, load_scheduler
-    from models.student import build_student, rotary_embedding
+    from models.family import student_family
+    from models.student import build_student
     from train.optim import build_lr_scheduler, build_optimizer
     from train.step import StepContext, micro_batch_losses
 
@@ -50,8 +50,9 @@ def bench_step(args) -> None:
         opt = build_optimizer(model, cfg.train)
         sched = build_lr_scheduler(opt, cfg.train)
         loader = RankLoader(info, cfg, 0, 1, pin_memory=device.type == "cuda")
-        ctx = StepContext(cfg, DiffusionObjective(load_scheduler(cfg.models.scheduler)), device, None,
-                          rotary_embedding(model.transformer, cfg, device))
+        family = student_family(cfg)
+        ctx = StepContext(cfg, family.objective(cfg.models.scheduler), device, None,
+                          family.conditioning(model.transformer, cfg, device))
         accum = cfg.train.global_batch // cfg.train.micro_batch
         rows = []
         for step in range(args.steps + 1):

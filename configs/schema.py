@@ -165,6 +165,7 @@ class TeacherConfig:
 
 
 TEACHER_KINDS = ("videomaev2", "dinov2", "vjepa2")
+STUDENT_FAMILIES = ("cogvideox", "wan")  # models/family.py FAMILIES
 
 
 @dataclass
@@ -172,6 +173,8 @@ class ModelsConfig:
     """Where each model comes from: a hub id, a local path, or `tiny` (random weights, fixed
     seed, built from the tiny architecture below and saved so it loads through the real path)."""
 
+    # The student family (models/<family>.py): cogvideox (2B, 5B, 1.5-5B) | wan (Wan2.1-T2V).
+    family: str = "cogvideox"
     student: str = "THUDM/CogVideoX-2b"  # subfolder transformer
     vae: str = "THUDM/CogVideoX-2b"  # subfolder vae
     text_encoder: str = "THUDM/CogVideoX-2b"  # subfolder text_encoder
@@ -364,6 +367,13 @@ class Config:
             raise ConfigError(f"missing required config key(s): {', '.join(missing)}")
         self.geometry.validate()
         self.models.teacher.validate(self.geometry)
+        if self.models.family not in STUDENT_FAMILIES:
+            raise ConfigError(f"models.family={self.models.family!r}: expected one of {', '.join(STUDENT_FAMILIES)}")
+        if self.models.family == "wan" and self.preprocess.latents == "moments":
+            # Wan's VAE normalises each channel with its own mean and std; dataset.json records one
+            # scalar scaling_factor for moments (docs/families.md).
+            raise ConfigError("preprocess.latents=moments: models.family=wan stores latent samples only "
+                              "(use preprocess.latents=sample)")
         self.align.validate()
         self.preprocess.validate()
         self.train.validate()

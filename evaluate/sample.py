@@ -1,9 +1,11 @@
-"""`tsa sample`: generate mp4s from a fine-tuned CogVideoX transformer for a prompt set.
+"""`tsa sample`: generate mp4s from a fine-tuned student transformer for a prompt set.
 
-The pipeline is diffusers' `CogVideoXPipeline` built from a base model (VAE, T5, tokenizer,
-scheduler) with the checkpoint's transformer swapped in. Defaults follow the paper's evaluation
-setup and the CogVideoX / VideoREPA inference scripts: 49 frames at 480x720, 50 steps of
+The pipeline is the student family's own diffusers pipeline (`CogVideoXPipeline`, `WanPipeline`;
+models/<family>.py) built from a base model (VAE, text encoder, tokenizer, scheduler) with the
+checkpoint's transformer swapped in. CogVideoX defaults follow the paper's evaluation setup and
+the CogVideoX / VideoREPA inference scripts: 49 frames at 480x720, 50 steps of
 CogVideoXDPMScheduler with trailing timestep spacing, guidance 6 with dynamic CFG, 8 fps, seed 42.
+Wan2.1: the run's clip size, 50 steps of the release's UniPC flow sampler, guidance 5, 16 fps.
 
 Output folder:
     OUT/00012_s42_v0.mp4   prompt index 12, --seed 42, video 0 of that prompt
@@ -25,6 +27,7 @@ import numpy as np
 import typer
 
 from configs.schema import Config, ConfigError, load_config
+from models.family import StudentFamily, family_of_class, student_family
 from pipeline.mp4 import to_uint8, write_mp4
 from evaluate.prompts import Prompt, PromptError, read_prompts
 
@@ -57,12 +60,12 @@ class SampleOptions:
     seed: int = 42
     num_videos_per_prompt: int = 1
     steps: int = 50
-    guidance: float = 6.0
-    dynamic_cfg: bool = True
+    guidance: Optional[float] = None  # None: the family's (CogVideoX 6, Wan 5)
+    dynamic_cfg: bool = True  # CogVideoX only
     frames: Optional[int] = None  # None: the run's geometry.num_frames, else 49
     height: Optional[int] = None  # None: the run's geometry.height, else 480
     width: Optional[int] = None  # None: the run's geometry.width, else 720
-    fps: int = 8
+    fps: Optional[int] = None  # None: the family's (CogVideoX 8, Wan 16)
     dtype: Optional[str] = None  # bf16 | fp16 | fp32; None: bf16 on CUDA, fp32 on CPU
     device: Optional[str] = None  # None: cuda if available, else cpu
     cpu_offload: bool = False
@@ -140,7 +143,7 @@ def resolve_base(base: Optional[str], run_cfg: Optional[Config], run_dir: Path) 
         return BaseRefs(base, base, base, base, base)
     if run_cfg is None:
         raise SampleError(f"no --base given and no run config at {Path(run_dir) / RUN_CONFIG}: "
-                          f"pass --base (hub id or CogVideoX pipeline folder)")
+                          f"pass --base (hub id or pipeline folder)")
     from models.tiny import resolve_tiny
 
     m = resolve_tiny(copy.deepcopy(run_cfg)).models  # the caller's config keeps its `tiny` refs
@@ -168,16 +171,32 @@ def default_geometry(run_cfg: Optional[Config]) -> tuple[int, int, int]:
     return PAPER_FRAMES, PAPER_HEIGHT, PAPER_WIDTH
 
 
-def _architecture_defaults() -> dict:
+def resolve_family(run_cfg: Optional[Config], transformer_dir: Optional[Path]) -> StudentFamily:
+    """The run's `models.family`; without a run config, the family whose transformer class the
+    checkpoint's config.json names."""
+    if run_cfg is not None:
+        return student_family(run_cfg)
+    if transformer_dir is not None:
+        path = Path(transformer_dir) / "config.json"
+        try:
+            cls = json.loads(path.read_text()).get("_class_name")
+        except (OSError, json.JSONDecodeError, AttributeError) as e:
+            raise SampleError(f"cannot read checkpoint transformer config {path}: {e}") from None
+        family = family_of_class(cls)
+        if family is None:
+            raise SampleError(f"{path}: _class_name is {cls!r}, not the transformer of a student family")
+        return family
+    raise SampleError("no run config to say which student family the checkpoint belongs to")
+
+
+def _architecture_defaults(family: StudentFamily) -> dict:
     import inspect
 
-    from diffusers import CogVideoXTransformer3DModel
-
-    sig = inspect.signature(CogVideoXTransformer3DModel.__init__)
+    sig = inspect.signature(family.diffusers_class(family.transformer_class).__init__)
     return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
 
 
-def check_architecture(transformer_dir: Path, base_transformer: str) -> dict:
+def check_architecture(transformer_dir: Path, base_transformer: str, family: StudentFamily) -> dict:
     """Compare the checkpoint's transformer config.json with the base transformer's; return the former.
 
     Every constructor argument counts (patch size, channels, layers, heads, text dims, positional
@@ -191,10 +210,10 @@ def check_architecture(transformer_dir: Path, base_transformer: str) -> dict:
     if not isinstance(ckpt, dict):
         raise SampleError(f"{path}: expected a JSON object")
     cls = ckpt.get("_class_name")
-    if cls != "CogVideoXTransformer3DModel":
-        raise SampleError(f"{path}: _class_name is {cls!r}, expected 'CogVideoXTransformer3DModel'")
-    base = _base_transformer_config(base_transformer)
-    defaults = _architecture_defaults()
+    if cls != family.transformer_class:
+        raise SampleError(f"{path}: _class_name is {cls!r}, expected {family.transformer_class!r}")
+    base = _base_transformer_config(base_transformer, family)
+    defaults = _architecture_defaults(family)
     keys = sorted((set(defaults) | set(ckpt) | set(base)) - _ARCH_IGNORED)
     diffs = []
     for k in keys:
@@ -207,17 +226,11 @@ def check_architecture(transformer_dir: Path, base_transformer: str) -> dict:
     return ckpt
 
 
-def _base_transformer_config(ref: str) -> dict:
+def _base_transformer_config(ref: str, family: StudentFamily) -> dict:
     """Config of the base transformer: a pipeline (hub id or folder, subfolder `transformer`) or,
     as `models.student` may name, a transformer folder itself (e.g. another run's checkpoint)."""
-    from diffusers import CogVideoXTransformer3DModel
-
-    path = Path(ref)
-    own = path / "config.json"
     try:
-        if path.is_dir() and own.is_file() and not (path / "model_index.json").is_file():
-            return dict(json.loads(own.read_text()))
-        return dict(CogVideoXTransformer3DModel.load_config(ref, subfolder="transformer"))
+        return family.transformer_config(ref)
     except (OSError, ValueError) as e:
         raise SampleError(f"cannot read the base transformer config from {ref}: {e}") from None
 
@@ -245,50 +258,34 @@ def _load(what: str, ref: str, fn):
         raise SampleError(f"cannot load the {what} from {ref}: {e}") from None
 
 
-def build_pipeline(refs: BaseRefs, transformer_dir: Optional[Path], torch_dtype):
-    """CogVideoXPipeline with the fine-tuned transformer (None: the base one, for a LoRA
-    checkpoint whose adapters are loaded afterwards) and DPM (trailing) scheduling."""
-    from diffusers import (AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXPipeline,
-                           CogVideoXTransformer3DModel)
-    from transformers import AutoTokenizer, T5EncoderModel
-
-    low_mem = True  # accelerate is a dependency: build each model empty, then fill it from its files
+def build_pipeline(refs: BaseRefs, transformer_dir: Optional[Path], torch_dtype, family: StudentFamily):
+    """The family's pipeline with the fine-tuned transformer (None: the base one, for a LoRA
+    checkpoint whose adapters are loaded afterwards) and its sampling scheduler."""
     if transformer_dir is None:
-        from models.student import load_transformer
-
-        transformer = _load("base transformer", refs.transformer, lambda: load_transformer(refs.transformer, torch_dtype))
+        transformer = _load("base transformer", refs.transformer,
+                            lambda: family.load_transformer(refs.transformer, torch_dtype))
     else:
-        transformer = _load("checkpoint transformer", str(transformer_dir), lambda: CogVideoXTransformer3DModel
-                            .from_pretrained(transformer_dir, torch_dtype=torch_dtype, low_cpu_mem_usage=low_mem))
-    vae = _load("VAE", refs.vae, lambda: AutoencoderKLCogVideoX.from_pretrained(
-        refs.vae, subfolder="vae", torch_dtype=torch_dtype, low_cpu_mem_usage=low_mem))
-    # `dtype=` is the transformers>=4.56 spelling; .to() covers older versions too.
-    text_encoder = _load("text encoder", refs.text_encoder, lambda: T5EncoderModel.from_pretrained(
-        refs.text_encoder, subfolder="text_encoder", dtype=torch_dtype).to(torch_dtype))
-    tokenizer = _load("tokenizer", refs.tokenizer, lambda: AutoTokenizer.from_pretrained(
-        refs.tokenizer, subfolder="tokenizer"))
-    sched_cfg = _load("scheduler config", refs.scheduler, lambda: CogVideoXDPMScheduler.load_config(
-        refs.scheduler, subfolder="scheduler"))
-    # The 2B release ships a DDIM scheduler config; CogVideoX's own inference swaps in DPM, trailing.
-    scheduler = CogVideoXDPMScheduler.from_config(sched_cfg, timestep_spacing="trailing")
-    return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                             transformer=transformer.eval(), scheduler=scheduler)
+        transformer = _load("checkpoint transformer", str(transformer_dir),
+                            lambda: family.load_transformer(str(transformer_dir), torch_dtype))
+    vae = _load("VAE", refs.vae, lambda: family.load_vae(refs.vae, torch_dtype))
+    text_encoder = _load("text encoder", refs.text_encoder, lambda: family.load_text_encoder(refs.text_encoder, torch_dtype))
+    tokenizer = _load("tokenizer", refs.tokenizer, lambda: family.load_tokenizer(refs.tokenizer))
+    scheduler = _load("scheduler config", refs.scheduler, lambda: family.sampling_scheduler(refs.scheduler))
+    return family.pipeline(tokenizer, text_encoder, vae, transformer.eval(), scheduler)
 
 
-def _check_geometry(frames: int, height: int, width: int, refs: BaseRefs, arch: dict) -> None:
-    from diffusers import AutoencoderKLCogVideoX
-
-    vae_cfg = _load("VAE config", refs.vae, lambda: AutoencoderKLCogVideoX.load_config(refs.vae, subfolder="vae"))
-    spatial = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
-    temporal = int(vae_cfg.get("temporal_compression_ratio", 4))
-    step = spatial * int(arch.get("patch_size", 2))
+def _check_geometry(frames: int, height: int, width: int, refs: BaseRefs, arch: dict, family: StudentFamily) -> None:
+    vae_cfg = _load("VAE config", refs.vae, lambda: family.vae_config(refs.vae))
+    spatial, patch = family.spatial_step(vae_cfg, arch)
+    temporal = family.temporal_compression(vae_cfg)
+    step = spatial * patch
     if frames < 1 or (frames - 1) % temporal:
         raise SampleError(f"--frames {frames}: frames - 1 must be a multiple of the VAE's temporal "
                           f"compression {temporal} (e.g. 49)")
     for name, v in (("--height", height), ("--width", width)):
         if v < step or v % step:
             raise SampleError(f"{name} {v}: must be a positive multiple of {step} "
-                              f"(VAE compression {spatial} x patch {arch.get('patch_size', 2)})")
+                              f"(VAE compression {spatial} x patch {patch})")
 
 
 # ----------------------------------------------------------------------------- the samples log
@@ -377,7 +374,7 @@ def sample(opts: SampleOptions, log: Callable[[str], None] = print) -> SampleSum
         raise SampleError(f"--num-videos-per-prompt {opts.num_videos_per_prompt}: must be >= 1")
     if opts.steps < 1:
         raise SampleError(f"--steps {opts.steps}: must be >= 1")
-    if opts.fps < 1:
+    if opts.fps is not None and opts.fps < 1:
         raise SampleError(f"--fps {opts.fps}: must be >= 1")
     lora_dir = lora_checkpoint(opts.checkpoint)
     if lora_dir is not None:  # adapters on top of the base transformer
@@ -387,11 +384,14 @@ def sample(opts: SampleOptions, log: Callable[[str], None] = print) -> SampleSum
     run_cfg = load_run_config(run_dir)
     prompts = read_prompts(opts.prompts, opts.column, opts.caption_column, opts.limit)
     refs = resolve_base(opts.base, run_cfg, run_dir)
-    arch = (check_architecture(transformer_dir, refs.transformer) if transformer_dir is not None
-            else _base_transformer_config(refs.transformer))
+    family = resolve_family(run_cfg, transformer_dir)
+    arch = (check_architecture(transformer_dir, refs.transformer, family) if transformer_dir is not None
+            else _base_transformer_config(refs.transformer, family))
     d_frames, d_height, d_width = default_geometry(run_cfg)
     frames, height, width = opts.frames or d_frames, opts.height or d_height, opts.width or d_width
-    _check_geometry(frames, height, width, refs, arch)
+    _check_geometry(frames, height, width, refs, arch, family)
+    guidance = family.default_guidance if opts.guidance is None else opts.guidance
+    fps = family.default_fps if opts.fps is None else opts.fps
     device, dtype_name, torch_dtype = resolve_device_dtype(opts.device, opts.dtype)
     if opts.cpu_offload:
         if device.type == "cpu":
@@ -399,11 +399,11 @@ def sample(opts: SampleOptions, log: Callable[[str], None] = print) -> SampleSum
 
     settings = {
         "checkpoint": str(transformer_dir or lora_dir), "base": asdict(refs), "steps": opts.steps,
-        "guidance": opts.guidance, "dynamic_cfg": opts.dynamic_cfg, "frames": frames, "height": height,
-        "width": width, "fps": opts.fps, "dtype": dtype_name, "scheduler": "CogVideoXDPMScheduler/trailing",
-        # The text length the run trained with (CogVideoX1.5: 224); else the transformer's.
+        "guidance": guidance, "dynamic_cfg": opts.dynamic_cfg, "frames": frames, "height": height,
+        "width": width, "fps": fps, "dtype": dtype_name, "scheduler": family.sampler,
+        # The text length the run trained with (CogVideoX1.5: 224); else the release's.
         "max_sequence_length": (run_cfg.geometry.text_length if run_cfg is not None
-                                else int(arch.get("max_text_seq_length", 226))),
+                                else family.text_length(arch)),
     }
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -419,7 +419,7 @@ def sample(opts: SampleOptions, log: Callable[[str], None] = print) -> SampleSum
         _write_eval_csv(out, records)
         return summary
 
-    pipe = build_pipeline(refs, transformer_dir, torch_dtype)
+    pipe = build_pipeline(refs, transformer_dir, torch_dtype, family)
     if lora_dir is not None:
         _load("LoRA adapters", str(lora_dir), lambda: pipe.load_lora_weights(str(lora_dir)))
     if opts.cpu_offload:
@@ -439,13 +439,13 @@ def sample(opts: SampleOptions, log: Callable[[str], None] = print) -> SampleSum
         with torch.inference_mode():
             video = pipe(
                 prompt=prompt.text, num_frames=frames, height=height, width=width,
-                num_inference_steps=opts.steps, guidance_scale=opts.guidance, use_dynamic_cfg=opts.dynamic_cfg,
+                num_inference_steps=opts.steps, guidance_scale=guidance, **family.call_kwargs(opts.dynamic_cfg),
                 num_videos_per_prompt=1, max_sequence_length=settings["max_sequence_length"],
                 # A CPU generator gives the same initial noise on every device.
                 generator=torch.Generator(device="cpu").manual_seed(generator_seed), output_type="np",
             ).frames[0]
         tmp = out / f".{name}.tmp.mp4"
-        write_mp4(to_uint8(np.asarray(video)), tmp, opts.fps)
+        write_mp4(to_uint8(np.asarray(video)), tmp, fps)
         os.replace(tmp, out / name)
         seconds = time.perf_counter() - start
         record = {"index": prompt.index, "prompt": prompt.text, "caption": prompt.caption, "seed": opts.seed,
@@ -467,8 +467,8 @@ def sample_cmd(
                                     "(or the transformer/ folder inside it)."),
     prompts: Path = typer.Option(..., "--prompts", help="A .txt (one prompt a line) or a .csv prompt set."),
     out: Path = typer.Option(..., "--out", help="Output folder: mp4s, samples.jsonl, eval.csv."),
-    base: Optional[str] = typer.Option(None, "--base", help="Hub id or CogVideoX pipeline folder for VAE, T5, "
-                                       "tokenizer, scheduler. Default: the models of RUN/config.yaml."),
+    base: Optional[str] = typer.Option(None, "--base", help="Hub id or pipeline folder of the family for VAE, text "
+                                       "encoder, tokenizer, scheduler. Default: the models of RUN/config.yaml."),
     column: Optional[str] = typer.Option(None, "--column", help="CSV column to prompt with "
                                          "(default: caption, else prompt)."),
     caption_column: Optional[str] = typer.Option(None, "--caption-column", help="CSV column recorded as the "
@@ -476,14 +476,15 @@ def sample_cmd(
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N prompts."),
     seed: int = typer.Option(42, "--seed", help="Video v of every prompt starts from noise of seed + v."),
     num_videos_per_prompt: int = typer.Option(1, "--num-videos-per-prompt"),
-    steps: int = typer.Option(50, "--steps", help="Denoising steps (DPM, trailing spacing)."),
-    guidance: float = typer.Option(6.0, "--guidance", help="Classifier-free guidance scale."),
+    steps: int = typer.Option(50, "--steps", help="Denoising steps (CogVideoX: DPM, trailing spacing; Wan: UniPC)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale "
+                                             "(default: CogVideoX 6, Wan 5)."),
     dynamic_cfg: bool = typer.Option(True, "--dynamic-cfg/--no-dynamic-cfg",
-                                     help="CogVideoX's cosine-ramped guidance, as in its inference scripts."),
+                                     help="CogVideoX's cosine-ramped guidance, as in its inference scripts (CogVideoX only)."),
     frames: Optional[int] = typer.Option(None, "--frames", help="Default: the run's geometry.num_frames (49 without a run config)."),
     height: Optional[int] = typer.Option(None, "--height", help="Default: the run's geometry.height (480 without a run config)."),
     width: Optional[int] = typer.Option(None, "--width", help="Default: the run's geometry.width (720 without a run config)."),
-    fps: int = typer.Option(8, "--fps"),
+    fps: Optional[int] = typer.Option(None, "--fps", help="Default: CogVideoX 8, Wan 16."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="bf16 | fp16 | fp32 (default bf16 on CUDA, fp32 on CPU)."),
     device: Optional[str] = typer.Option(None, "--device", help="Default cuda if available, else cpu."),
     cpu_offload: bool = typer.Option(False, "--cpu-offload", help="diffusers model CPU offload (accelerate, a dependency)."),

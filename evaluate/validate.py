@@ -81,7 +81,10 @@ class Validator:
     def __init__(self, cfg: Config, out: Path, dist: Dist, embeds: Path):
         from safetensors.torch import load_file
 
+        from models.family import student_family
+
         self.cfg, self.out, self.dist = cfg, Path(out), dist
+        self.family = student_family(cfg)
         loaded = load_file(str(embeds))
         self.prompts = validation_prompts(cfg)
         self.embeds, self.negative = loaded["prompts"], loaded["negative"]
@@ -99,15 +102,12 @@ class Validator:
     def _parts(self):
         """VAE and scheduler, loaded once (the transformer is the one being trained)."""
         if self._pipe_parts is None:
-            from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler
-
             m = self.cfg.models
-            vae = AutoencoderKLCogVideoX.from_pretrained(m.vae, subfolder="vae").to(self.dist.device).eval()
+            vae = self.family.load_vae(m.vae).to(self.dist.device).eval()
             vae.requires_grad_(False)
             if self.dist.device.type == "cuda":  # 49 x 480 x 720 decodes in ~19 GB untiled
                 vae.enable_tiling()
-            sched = CogVideoXDPMScheduler.from_config(CogVideoXDPMScheduler.load_config(m.scheduler, subfolder="scheduler"),
-                                                      timestep_spacing="trailing")
+            sched = self.family.sampling_scheduler(m.scheduler)
             self._pipe_parts = (vae, sched)
         return self._pipe_parts
 
@@ -126,14 +126,11 @@ class Validator:
                     model.reshard()
 
     def _render(self, step: int, transformer: nn.Module, tensorboard) -> Path:
-        from diffusers import CogVideoXPipeline
-
         from pipeline.mp4 import to_uint8, write_mp4
 
         cfg, dev = self.cfg, self.dist.device
         vae, sched = self._parts()
-        pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
-                                 scheduler=sched)
+        pipe = self.family.pipeline(None, None, vae, transformer, sched)
         pipe.set_progress_bar_config(disable=True)
         g = cfg.geometry
         was_training = transformer.training
@@ -151,13 +148,13 @@ class Validator:
                     frames = pipe(prompt_embeds=self.embeds[i:i + 1].to(dev),
                                   negative_prompt_embeds=self.negative.to(dev), num_frames=g.num_frames,
                                   height=g.height, width=g.width, num_inference_steps=cfg.train.validation_steps,
-                                  guidance_scale=cfg.train.validation_guidance, use_dynamic_cfg=True,
+                                  guidance_scale=cfg.train.validation_guidance, **self.family.call_kwargs(True),
                                   generator=torch.Generator("cpu").manual_seed(cfg.train.validation_seed + i),
                                   output_type="np").frames[0]
                 if self.dist.is_main:
                     video = to_uint8(np.asarray(frames))
                     name = f"{i:02d}_s{cfg.train.validation_seed + i}.mp4"
-                    write_mp4(video, tmp / name, fps=8)
+                    write_mp4(video, tmp / name, fps=self.family.default_fps)
                     files.append({"file": name, "prompt": prompt, "seed": cfg.train.validation_seed + i})
                     if tensorboard is not None:
                         pick = np.linspace(0, len(video) - 1, min(TB_FRAMES, len(video))).round().astype(int)

@@ -76,7 +76,7 @@ def _local_component(ref: str, subfolder: str) -> Optional[Path]:
     if p.is_dir():
         sub = p / subfolder
         if not sub.is_dir():
-            raise FileNotFoundError(f"{ref}: no `{subfolder}` subfolder (expected a diffusers CogVideoX folder)")
+            raise FileNotFoundError(f"{ref}: no `{subfolder}` subfolder (expected a diffusers pipeline folder)")
         return sub
     try:
         from huggingface_hub import snapshot_download
@@ -140,15 +140,10 @@ def model_records(unresolved: Config, resolved: Config) -> dict[str, dict[str, A
     return records
 
 
-def vae_scaling_factor(resolved: Config) -> float:
-    """`scaling_factor` of the VAE config (1.15258426 for CogVideoX-2B), read without loading weights."""
-    ref = resolved.models.vae
-    local = Path(ref) / "vae" / "config.json"
-    if local.is_file():
-        return float(json.loads(local.read_text())["scaling_factor"])
-    from diffusers import AutoencoderKLCogVideoX
+def vae_scaling_factor(resolved: Config) -> Optional[float]:
+    """`scaling_factor` of the VAE config (1.15258426 for CogVideoX-2B), read without loading
+    weights; None for families that normalise each latent channel (Wan)."""
+    from models.family import student_family
 
-    try:
-        return float(AutoencoderKLCogVideoX.load_config(ref, subfolder="vae")["scaling_factor"])
-    except Exception as e:  # offline, wrong id, no vae/ subfolder: say which config key
-        raise FileNotFoundError(f"models.vae={ref}: cannot read vae/config.json ({type(e).__name__}: {e})") from None
+    family = student_family(resolved)
+    return family.scaling_factor(family.vae_config(resolved.models.vae))

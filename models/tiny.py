@@ -1,10 +1,11 @@
 """Tiny random-weight models for tests and the demo (no downloads possible or needed).
 
 `models.X: tiny` in a config means: build the model from a small architecture derived
-from `geometry` with a fixed seed, save it in the real on-disk layout (a diffusers
-CogVideoX pipeline folder plus a VideoMAEv2 checkpoint in the official key layout, or for
-`models.teacher.kind` dinov2 / vjepa2 a transformers save_pretrained folder `teacher/`),
-and load it back through exactly the code that loads real weights.
+from `geometry` with a fixed seed, save it in the real on-disk layout (a diffusers pipeline
+folder of the student family `models.family`, built by its adapter, plus a VideoMAEv2
+checkpoint in the official key layout, or for `models.teacher.kind` dinov2 / vjepa2 a
+transformers save_pretrained folder `teacher/`), and load it back through exactly the code
+that loads real weights.
 """
 from __future__ import annotations
 
@@ -25,21 +26,6 @@ TEACHER_DIR = "teacher"  # kinds dinov2, vjepa2: a transformers save_pretrained 
 
 def tiny_teacher_name(cfg: Config) -> str:
     return TEACHER_DIR if cfg.models.teacher.kind in ("dinov2", "vjepa2") else TEACHER_FILE
-
-# CogVideoX-2B's scheduler config (THUDM/CogVideoX-2b, scheduler/scheduler_config.json).
-COGVIDEOX_2B_SCHEDULER = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=True,
-    steps_offset=0,
-    prediction_type="v_prediction",
-    timestep_spacing="trailing",
-    rescale_betas_zero_snr=True,
-    snr_shift_scale=3.0,
-)
 
 _TOKENIZER_CORPUS = [
     "a ball rolls across the table and hits a glass of water",
@@ -73,9 +59,10 @@ def tiny_fingerprint(cfg: Config) -> str:
     geometry = {k: v for k, v in vars(g).items() if _ADDED_GEOMETRY.get(k, object()) != v}
     student = {k: v for k, v in vars(m.tiny_student).items() if _ADDED_TINY_STUDENT.get(k, object()) != v}
     teacher = {k: v for k, v in vars(m.teacher).items() if _ADDED_TEACHER.get(k, object()) != v}
+    family = {} if m.family == "cogvideox" else {"family": m.family}
     blob = json.dumps(
         {"geometry": geometry, "tiny_student": student, "teacher": teacher | {"checkpoint": TINY},
-         "seed": m.tiny_seed, "version": 3},
+         "seed": m.tiny_seed, "version": 3} | family,
         sort_keys=True, default=list,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -118,36 +105,13 @@ def build_tiny_tokenizer():
 
 
 def build_tiny_pipeline(cfg: Config):
-    """The five CogVideoX components at tiny size, random weights from `models.tiny_seed`."""
+    """The family's pipeline (`models.family`) at tiny size, random weights from `models.tiny_seed`."""
     import torch
-    from diffusers import AutoencoderKLCogVideoX, CogVideoXDPMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
-    from transformers import T5Config, T5EncoderModel
 
-    g, ts = cfg.geometry, cfg.models.tiny_student
-    c, f, h, w = g.latent_shape
+    from models.family import student_family
+
     torch.manual_seed(cfg.models.tiny_seed)
-    tokenizer = build_tiny_tokenizer()
-    text_encoder = T5EncoderModel(T5Config(
-        vocab_size=len(tokenizer), d_model=g.text_dim, d_kv=8, d_ff=2 * g.text_dim, num_layers=2,
-        num_heads=4, relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id))
-    # 16 channels from the first block: CPU conv3d with fewer channels falls back to PyTorch's
-    # slow_conv3d instead of oneDNN, which made the 8-channel VAE 2.3x slower to encode.
-    vae = AutoencoderKLCogVideoX(
-        block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=c,
-        temporal_compression_ratio=g.vae_temporal_compression, sample_height=g.height, sample_width=g.width,
-        scaling_factor=ts.vae_scaling_factor)
-    transformer = CogVideoXTransformer3DModel(
-        num_attention_heads=ts.num_attention_heads, attention_head_dim=ts.attention_head_dim,
-        in_channels=c, out_channels=c, num_layers=ts.num_layers, time_embed_dim=ts.time_embed_dim,
-        text_embed_dim=g.text_dim, max_text_seq_length=g.text_length, patch_size=g.student_patch,
-        patch_size_t=g.student_patch_t if g.student_patch_t > 1 else None, patch_bias=ts.patch_bias,
-        sample_frames=g.num_frames, sample_height=h, sample_width=w,
-        temporal_compression_ratio=g.vae_temporal_compression,
-        use_rotary_positional_embeddings=ts.use_rotary_positional_embeddings)
-    scheduler = CogVideoXDPMScheduler(**(COGVIDEOX_2B_SCHEDULER | {"snr_shift_scale": ts.snr_shift_scale}))
-    return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                             transformer=transformer, scheduler=scheduler)
+    return student_family(cfg).tiny_pipeline(cfg, build_tiny_tokenizer())
 
 
 def save_tiny_models(cfg: Config, out: Path) -> Path:

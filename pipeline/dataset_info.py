@@ -46,6 +46,9 @@ def fingerprinted_config(cfg_dict: dict[str, Any], models: dict[str, dict[str, A
     models_used = {k: cfg_dict["models"][k] for k in PREPROCESS_MODELS}
     if models_used["teacher"].get("kind", TEACHER_KIND_DEFAULT) == TEACHER_KIND_DEFAULT:  # as before `kind` existed
         models_used["teacher"] = {k: v for k, v in models_used["teacher"].items() if k != "kind"}
+    family = cfg_dict["models"].get("family", "cogvideox")
+    if family != "cogvideox":  # the family encodes text and normalises latents its own way
+        models_used["family"] = family
     # Geometry keys added after format 1 are left out at their old implicit value, so outputs
     # written before they existed keep their fingerprint (and reruns resume them).
     geometry = {k: v for k, v in cfg_dict["geometry"].items() if GEOMETRY_ADDED.get(k, object()) != v}

@@ -150,23 +150,25 @@ def vae_input(frames: np.ndarray, device: torch.device, dtype: torch.dtype) -> t
 
 
 class VaeStage:
-    """frames uint8 [B, T', H, W, 3] -> latent float16 [B, C, F, h, w] (a posterior sample x
-    scaling_factor, noise seeded from the key) or latent_mean + latent_logvar (unscaled)."""
+    """frames uint8 [B, T', H, W, 3] -> latent float16 [B, C, F, h, w] (a posterior sample
+    normalised as the student family trains on it: x scaling_factor for CogVideoX, per-channel
+    (z - mean) / std for Wan; noise seeded from the key) or latent_mean + latent_logvar (raw)."""
 
     def __init__(self, cfg_dict: dict[str, Any], cache_dir: Optional[str] = None):
-        from diffusers import AutoencoderKLCogVideoX
+        from models.family import student_family
 
         self.cfg = _resolved(cfg_dict, cache_dir)
+        self.family = student_family(self.cfg)
         p = self.cfg.preprocess
         self.device = stage_device(p.vae.num_gpus)
         self.dtype = stage_dtype(self.cfg, self.device)
-        vae = AutoencoderKLCogVideoX.from_pretrained(self.cfg.models.vae, subfolder="vae", torch_dtype=self.dtype)
+        vae = self.family.load_vae(self.cfg.models.vae, self.dtype)
         if p.vae_slicing:
             vae.enable_slicing()
         if p.vae_tiling:
             vae.enable_tiling()
         self.vae = vae.to(self.device).eval().requires_grad_(False)
-        self.scaling_factor = float(vae.config.scaling_factor)
+        self.vae_config = dict(vae.config)
         self.latent_shape = tuple(self.cfg.geometry.latent_shape)
 
     def _encode(self, frames: np.ndarray, keys: list[str]) -> dict[str, np.ndarray]:
@@ -181,7 +183,7 @@ class VaeStage:
             return {"latent_mean": mean.cpu().numpy(), "latent_logvar": logvar.cpu().numpy()}
         noise = torch.stack([torch.randn(self.latent_shape, generator=torch.Generator().manual_seed(key_seed(k)))
                              for k in keys]).to(mean.device)
-        sample = (mean + torch.exp(0.5 * logvar) * noise) * self.scaling_factor
+        sample = self.family.normalize_latent(mean + torch.exp(0.5 * logvar) * noise, self.vae_config)
         return {"latent": sample.cpu().numpy()}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -200,27 +202,25 @@ class VaeStage:
 
 
 class TextStage:
-    """caption -> text float32 [B, L, D]: T5 encoder output over max_length tokens (padding to
-    max length, truncation, no attention mask), as CogVideoX's pipeline computes it."""
+    """caption -> text float32 [B, L, D]: the family's text encoder (T5 for CogVideoX, UMT5 for
+    Wan) over L tokens, as the family's own pipeline computes it (models/<family>.py)."""
 
     def __init__(self, cfg_dict: dict[str, Any], cache_dir: Optional[str] = None):
-        from transformers import AutoTokenizer, T5EncoderModel
+        from models.family import student_family
 
         self.cfg = _resolved(cfg_dict, cache_dir)
+        self.family = student_family(self.cfg)
         self.device = stage_device(self.cfg.preprocess.text.num_gpus)
         dtype = stage_dtype(self.cfg, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.cfg.models.tokenizer, subfolder="tokenizer")
-        self.encoder = T5EncoderModel.from_pretrained(self.cfg.models.text_encoder, subfolder="text_encoder",
-                                                      torch_dtype=dtype).to(self.device).eval()
+        self.tokenizer = self.family.load_tokenizer(self.cfg.models.tokenizer)
+        self.encoder = self.family.load_text_encoder(self.cfg.models.text_encoder, dtype).to(self.device).eval()
         self.encoder.requires_grad_(False)
         self.shape = tuple(self.cfg.geometry.text_shape)
 
     def encode(self, captions: list[str]) -> np.ndarray:
         """captions -> float32 [B, L, D]."""
-        tokens = self.tokenizer(captions, padding="max_length", max_length=self.shape[0], truncation=True,
-                                add_special_tokens=True, return_tensors="pt")
-        with torch.inference_mode():
-            out = self.encoder(tokens.input_ids.to(self.device))[0].float().cpu().numpy()
+        out = self.family.encode_text(self.tokenizer, self.encoder, captions, self.shape[0], self.device)
+        out = out.float().cpu().numpy()
         if tuple(out.shape[1:]) != self.shape:
             raise RuntimeError(f"text encoder output {tuple(out.shape[1:])} != config geometry.text_shape "
                                f"{self.shape}: models.text_encoder does not match geometry.text_dim")

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from cli import app
 from configs import ConfigError, load_config
 from models.tiny import resolve_tiny, tiny_fingerprint
-from models.student import Student, build_projector, build_student, check_transformer, rotary_embedding
+from models.cogvideox import FAMILY as COGVIDEOX
+from models.student import Student, build_projector, build_student
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -76,7 +77,7 @@ def test_paper_configs_name_the_release_and_map_its_grid_onto_the_teacher_grid(n
         (paper.align.loss, paper.align.weight, paper.align.tau, paper.align.ratio)
 
     transformer = _release_transformer(name)
-    check_transformer(transformer, cfg)  # the release architecture takes this config's latents and text
+    COGVIDEOX.check_transformer(transformer, cfg)  # the release architecture takes this config's latents and text
     projector = build_projector(transformer, cfg)
     assert projector.in_dim == 3072 and projector.time_scale == scale
     assert projector.output_grid(g.student_grid) == t_grid
@@ -91,7 +92,7 @@ def test_the_paper_2b_projector_is_unchanged():
 @pytest.mark.parametrize("name", sorted(RELEASES))
 def test_rotary_tables_at_release_geometry_are_the_pipeline_s(name):
     cfg, transformer = _paper(name), _release_transformer(name)
-    cos, sin = rotary_embedding(transformer, cfg, torch.device("cpu"))
+    cos, sin = COGVIDEOX.conditioning(transformer, cfg, torch.device("cpu"))
     f, h, w = cfg.geometry.student_grid
     assert cos.shape == sin.shape == (f * h * w, 64)
     ref_cos, ref_sin = _pipeline_rotary(transformer, cfg)
@@ -100,9 +101,9 @@ def test_rotary_tables_at_release_geometry_are_the_pipeline_s(name):
 
 def test_a_1_0_transformer_is_refused_for_the_1_5_geometry_and_back():
     with pytest.raises(Exception, match="patch_size_t=None but geometry.student_patch_t=2"):
-        check_transformer(_release_transformer("cogvideox5b_mtsa"), _paper("cogvideox15_5b_mtsa"))
+        COGVIDEOX.check_transformer(_release_transformer("cogvideox5b_mtsa"), _paper("cogvideox15_5b_mtsa"))
     with pytest.raises(Exception, match="patch_size_t=2 but geometry.student_patch_t=1"):
-        check_transformer(_release_transformer("cogvideox15_5b_mtsa"), _paper("cogvideox5b_mtsa"))
+        COGVIDEOX.check_transformer(_release_transformer("cogvideox15_5b_mtsa"), _paper("cogvideox5b_mtsa"))
 
 
 def test_a_time_grid_without_a_whole_upsampling_factor_is_refused():
@@ -153,7 +154,7 @@ def test_tiny_families_copy_the_release_features(name):
     assert CogVideoXDPMScheduler.load_config(root, subfolder="scheduler")["snr_shift_scale"] == 1.0
     transformer = CogVideoXTransformer3DModel.from_pretrained(root, subfolder="transformer")
     ref_cos, ref_sin = _pipeline_rotary(transformer, cfg)
-    cos, sin = rotary_embedding(transformer, cfg, torch.device("cpu"))
+    cos, sin = COGVIDEOX.conditioning(transformer, cfg, torch.device("cpu"))
     assert torch.equal(cos, ref_cos) and torch.equal(sin, ref_sin)
 
 
@@ -166,17 +167,17 @@ def test_tiny_1_5_student_pads_the_latent_in_front_and_drops_the_pad_prediction(
     g = cfg.geometry
     c, f, h, w = g.latent_shape
     gen = torch.Generator().manual_seed(3)
-    noisy, text = torch.randn(2, f, c, h, w, generator=gen), torch.randn(2, *g.text_shape, generator=gen)
+    noisy, text = torch.randn(2, c, f, h, w, generator=gen), torch.randn(2, *g.text_shape, generator=gen)
     t = torch.tensor([100, 700])
-    rotary = rotary_embedding(student.transformer, cfg, torch.device("cpu"))
+    rotary = COGVIDEOX.conditioning(student.transformer, cfg, torch.device("cpu"))
     captured = []
     student.projector.register_forward_pre_hook(lambda mod, args: captured.append(args[0].shape))
     with torch.no_grad():
         pred, projected = student(noisy, text, t, rotary)
-        padded = torch.cat([noisy[:, :1], noisy], dim=1)  # 5 -> 6 latent frames
+        padded = torch.cat([noisy[:, :, :1], noisy], dim=2).transpose(1, 2)  # 5 -> 6 latent frames, [B, F, C, H, W]
         ref = student.transformer(hidden_states=padded, encoder_hidden_states=text, timestep=t,
                                   image_rotary_emb=rotary, return_dict=False)[0]
-    assert pred.shape == noisy.shape and torch.equal(pred, ref[:, 1:])
+    assert pred.shape == noisy.shape and torch.equal(pred, ref[:, 1:].transpose(1, 2))
     sf, sh, sw = g.student_grid
     assert captured == [torch.Size([2, sf * sh * sw, 32])]
     assert projected.shape == (2, g.teacher_grid[0] * g.teacher_grid[1] * g.teacher_grid[2], cfg.models.teacher.dim)

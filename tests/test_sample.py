@@ -236,10 +236,11 @@ def test_default_geometry_is_the_paper_s_unless_the_run_is_tiny():
 
 def test_architecture_check_takes_a_pipeline_or_a_transformer_folder_as_base(tiny_run, tmp_path):
     from evaluate.sample import SampleError, check_architecture
+    from models.cogvideox import FAMILY as COGVIDEOX
 
     tdir = tiny_run.ckpt / "transformer"
     for base in (tiny_run.base, tiny_run.base / "transformer"):  # models.student may name either
-        assert check_architecture(tdir, str(base))["num_layers"] == 2
+        assert check_architecture(tdir, str(base), COGVIDEOX)["num_layers"] == 2
     other = _copy_transformer_config(tiny_run, tmp_path / "o", text_embed_dim=64)
     with pytest.raises(SampleError, match="text_embed_dim: checkpoint 64 vs base 32"):
-        check_architecture(other / "transformer", str(tiny_run.base / "transformer"))
+        check_architecture(other / "transformer", str(tiny_run.base / "transformer"), COGVIDEOX)

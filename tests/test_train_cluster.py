@@ -154,12 +154,13 @@ def test_storage_check_names_node_and_path(shards, tmp_path):
 
 def test_projector_init_does_not_depend_on_how_the_transformer_loads(monkeypatch):
     import models.student as model
+    from models.cogvideox import FAMILY
     from models.tiny import resolve_tiny
 
     cfg = resolve_tiny(load_config("tiny"))
     first = model.build_student(cfg).projector.state_dict()
-    real = model.load_transformer
-    monkeypatch.setattr(model, "load_transformer", lambda ref: real(ref, low_cpu_mem_usage=False))
+    real = FAMILY.load_transformer
+    monkeypatch.setattr(FAMILY, "load_transformer", lambda ref: real(ref, low_cpu_mem_usage=False))
     torch.manual_seed(1234)
     torch.randn(100)  # whatever drew from the global RNG before
     second = model.build_student(cfg).projector.state_dict()

@@ -37,7 +37,7 @@ def test_lora_trains_only_adapters_and_projector():
     # Gradients reach the adapters through the checkpointed blocks (frozen inputs do not stop them).
     g = cfg.geometry
     c, f, h, w = g.latent_shape
-    pred, projected = student(torch.randn(1, f, c, h, w), torch.randn(1, g.text_length, g.text_dim),
+    pred, projected = student(torch.randn(1, c, f, h, w), torch.randn(1, g.text_length, g.text_dim),
                               torch.tensor([500]))
     (pred.square().mean() + projected.square().mean()).backward()
     lora_b = [p.grad for n, p in student.named_parameters() if ".lora_B." in n]

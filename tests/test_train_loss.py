@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from configs.schema import AlignConfig
-from models.tiny import COGVIDEOX_2B_SCHEDULER
-from train.loss import (DiffusionObjective, alignment_loss, diffusion_loss, draw_noise, posterior_sample,
+from models.cogvideox import COGVIDEOX_2B_SCHEDULER
+from models.objectives import DiffusionObjective
+from train.loss import (alignment_loss, diffusion_loss, draw_noise, posterior_sample,
                         sample_seed)
 
 

@@ -4,7 +4,9 @@ import torch
 
 from configs import load_config
 from models.tiny import resolve_tiny
-from models.student import ModelError, Student, build_student, check_transformer, load_transformer, rotary_embedding
+from models.cogvideox import FAMILY as COGVIDEOX
+from models.family import ModelError
+from models.student import Student, build_student
 from train.optim import WarmupConstant, build_lr_scheduler, build_optimizer
 
 
@@ -19,7 +21,7 @@ def cfg():
 def _inputs(cfg, batch=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     c, f, h, w = cfg.geometry.latent_shape
-    noisy = torch.randn(batch, f, c, h, w, generator=g)
+    noisy = torch.randn(batch, c, f, h, w, generator=g)
     text = torch.randn(batch, *cfg.geometry.text_shape, generator=g)
     return noisy, text, torch.tensor([10, 900][:batch])
 
@@ -81,16 +83,16 @@ def test_no_projector_for_plain_fine_tuning(cfg):
 
 
 def test_student_config_mismatches_name_both_values(cfg):
-    transformer = load_transformer(cfg.models.student)
+    transformer = COGVIDEOX.load_transformer(cfg.models.student)
     bad = load_config("tiny", ["align.layer=5"])
     with pytest.raises(ModelError, match="align.layer=5 but the student has 2 blocks"):
-        check_transformer(transformer, bad)
+        COGVIDEOX.check_transformer(transformer, bad)
     bad = load_config("tiny", ["geometry.text_length=20"])
     with pytest.raises(ModelError, match="max_text_seq_length=16 but geometry.text_length=20"):
-        check_transformer(transformer, bad)
+        COGVIDEOX.check_transformer(transformer, bad)
     bad = load_config("tiny", ["geometry.text_dim=64"])
     with pytest.raises(ModelError, match="text_embed_dim=32 but geometry.text_dim=64"):
-        check_transformer(transformer, bad)
+        COGVIDEOX.check_transformer(transformer, bad)
 
 
 def test_rotary_models_get_their_3d_rotary_tables(cfg):
@@ -102,11 +104,11 @@ def test_rotary_models_get_their_3d_rotary_tables(cfg):
                                       num_layers=1, time_embed_dim=32, text_embed_dim=cfg.geometry.text_dim,
                                       sample_frames=cfg.geometry.num_frames, sample_height=h, sample_width=w,
                                       use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False)
-    cos, sin = rotary_embedding(rot, cfg, torch.device("cpu"))
+    cos, sin = COGVIDEOX.conditioning(rot, cfg, torch.device("cpu"))
     sf, sh, sw = cfg.geometry.student_grid
     assert cos.shape == sin.shape == (sf * sh * sw, 16)
-    assert rotary_embedding(load_transformer(cfg.models.student), cfg, torch.device("cpu")) is None
-    student = Student(rot, None, 1, cfg.geometry.student_grid)
+    assert COGVIDEOX.conditioning(COGVIDEOX.load_transformer(cfg.models.student), cfg, torch.device("cpu")) is None
+    student = Student(COGVIDEOX, rot, None, 1, cfg.geometry.student_grid)
     noisy, text, t = _inputs(cfg)
     with_rope = student(noisy, text, t, (cos, sin))[0]
     assert not torch.allclose(with_rope, student(noisy, text, t, None)[0])

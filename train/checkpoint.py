@@ -1,9 +1,10 @@
 """Checkpoints that resume exactly: OUT/checkpoint-{step}/
 
     transformer/              diffusers format (config.json + safetensors): loads with
-                              CogVideoXTransformer3DModel.from_pretrained, drops into CogVideoXPipeline
+                              the family's transformer class (CogVideoXTransformer3DModel,
+                              WanTransformer3DModel).from_pretrained, drops into its pipeline
     pytorch_lora_weights.safetensors   instead of transformer/ with train.lora.rank > 0: the adapters,
-                              for CogVideoXPipeline.load_lora_weights (train/lora.py)
+                              for the pipeline's load_lora_weights (train/lora.py)
     projector.safetensors     the projector's weights
     optimizer.pt              AdamW state keyed by parameter name (torch.save of tensors and numbers),
                               written by rank 0: one worker, or DDP (every rank holds the same state)
@@ -120,7 +121,7 @@ def save_checkpoint(out: Path, step: int, model: nn.Module, optimizer, lr_schedu
         if lora is not None:  # only the adapters: the base transformer is frozen and unchanged
             from train.lora import save_lora
 
-            save_lora(tmp, weights, lora)
+            save_lora(tmp, weights, lora, student.family)
         else:
             transformer = {k[len("transformer."):]: v for k, v in weights.items() if k.startswith("transformer.")}
             (tmp / "transformer").mkdir()

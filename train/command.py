@@ -152,7 +152,7 @@ def train_command(
     from train.dataset_check import DatasetMismatch, probe_dataset
     from train.launch import TrainError, launch
     from train.loop import NonFiniteLoss
-    from models.student import ModelError
+    from models.family import ModelError
     from train.preflight import StorageError
     from train.shards import DataError
 

@@ -136,6 +136,10 @@ def check_dataset(info: DatasetInfo, cfg: Config, projector_grid: tuple[int, int
             raise DatasetMismatch(f"{ds}: geometry.{key}={list(shard_value) if shard_value else shard_value} "
                                   f"but {what} is {list(expected)}")
 
+    shard_family = ((info.meta.get("config") or {}).get("models") or {}).get("family", "cogvideox")
+    if shard_family != cfg.models.family:
+        raise DatasetMismatch(f"{ds}: the shards were made for models.family={shard_family} (its VAE latents and "
+                              f"text embeddings), but this config trains models.family={cfg.models.family}")
     frames = f"num_frames={g.num_frames}, height={g.height}, width={g.width}"
     same("latent_shape", geo.get("latent_shape"), g.latent_shape,
          f"the student's latent shape from the config ({frames})")

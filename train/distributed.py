@@ -72,7 +72,7 @@ def wrap(student: nn.Module, dist: Dist) -> nn.Module:
     if dist.strategy == "fsdp2":
         from torch.distributed.fsdp import fully_shard
 
-        for block in student.transformer.transformer_blocks:
+        for block in student.family.blocks(student.transformer):
             fully_shard(block)
         fully_shard(student)
         return student

@@ -10,15 +10,15 @@ from typing import Any, Optional
 import torch
 
 from configs.schema import Config, config_from_dict
+from models.family import student_family
+from models.student import build_student
 from train.checkpoint import latest_checkpoint, load_checkpoint, read_trainer_state, save_checkpoint
 from train.data import DataPosition, RankLoader, microbatches_per_step
 from train.dataset_check import check_dataset, open_dataset
 from train.distributed import Dist, clip_gradients, no_grad_sync, unwrap, wrap
-from train.loss import DiffusionObjective, load_scheduler
 from train.memory_plan import plan_memory
 from train.metrics import MetricsLog
 from train.preflight import check_storage
-from models.student import build_student, rotary_embedding
 from train.optim import apply_train_config, build_lr_scheduler, build_optimizer
 from train.step import StepContext, micro_batch_losses
 
@@ -95,9 +95,10 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
     start_bad = position.bad_samples if position is not None else 0
     start_consumed = position.consumed if position is not None else 0
 
-    ctx = StepContext(cfg, DiffusionObjective(load_scheduler(cfg.models.scheduler)), dist.device,
+    family = student_family(cfg)
+    ctx = StepContext(cfg, family.objective(cfg.models.scheduler), dist.device,
                       info.scaling_factor if info.latents == "moments" else None,
-                      rotary_embedding(unwrap(model).transformer, cfg, dist.device))
+                      family.conditioning(unwrap(model).transformer, cfg, dist.device))
     accum = microbatches_per_step(cfg, dist.world)
     global_batch = cfg.train.global_batch
     max_steps = cfg.train.max_steps

@@ -4,7 +4,8 @@ With `train.lora.rank` > 0 the base transformer is frozen and only the adapters 
 projector, trained fully) get gradients and AdamW state. A checkpoint then holds the adapters
 in diffusers' LoRA format, `pytorch_lora_weights.safetensors` with keys
 `transformer.<module>.lora_A.weight` / `.lora_B.weight` and the adapter config in its
-metadata, which `CogVideoXPipeline.load_lora_weights(checkpoint)` takes as is.
+metadata, which the family pipeline's `load_lora_weights(checkpoint)` (e.g. CogVideoXPipeline,
+WanPipeline) takes as is.
 """
 from __future__ import annotations
 
@@ -71,12 +72,13 @@ def from_diffusers(lora_file: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def save_lora(folder: Path, student_weights: dict[str, torch.Tensor], cfg: LoraConfig) -> None:
-    """`folder/pytorch_lora_weights.safetensors` in diffusers' format, adapter config included."""
-    from diffusers import CogVideoXPipeline
+def save_lora(folder: Path, student_weights: dict[str, torch.Tensor], cfg: LoraConfig, family) -> None:
+    """`folder/pytorch_lora_weights.safetensors` in diffusers' format, adapter config included,
+    written by the family's pipeline class (models/family.py) so that its load_lora_weights takes it."""
+    pipeline_class = family.diffusers_class(family.pipeline_class)
 
     meta = peft_config(cfg).to_dict()
     meta["target_modules"] = sorted(meta["target_modules"])
     meta = {k: v for k, v in meta.items() if k in ("r", "lora_alpha", "lora_dropout", "target_modules")}
-    CogVideoXPipeline.save_lora_weights(str(folder), transformer_lora_layers=to_diffusers(student_weights),
+    pipeline_class.save_lora_weights(str(folder), transformer_lora_layers=to_diffusers(student_weights),
                                         weight_name=LORA_WEIGHTS, transformer_lora_adapter_metadata=meta)

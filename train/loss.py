@@ -1,8 +1,5 @@
-"""Training objective: v-prediction diffusion loss + lambda * alignment loss (paper Eq. 14).
-
-Noising and the targets are computed in fp32: in bf16, sqrt(alpha_bar) of t=0 and t=1
-round to the same value.
-"""
+"""Training objective: diffusion loss + lambda * alignment loss (paper Eq. 14). The noise
+objective of each student family (v-prediction, flow matching) is in models/objectives.py."""
 from __future__ import annotations
 
 from typing import Optional
@@ -12,39 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from configs.schema import AlignConfig
-
-
-def load_scheduler(ref: str):
-    """CogVideoXDPMScheduler with the model's own scheduler config (subfolder `scheduler`)."""
-    from diffusers import CogVideoXDPMScheduler
-
-    return CogVideoXDPMScheduler.from_pretrained(ref, subfolder="scheduler")
-
-
-class DiffusionObjective:
-    """Forward process and target of the scheduler: z_t = sqrt(ab) x0 + sqrt(1 - ab) eps,
-    target v = sqrt(ab) eps - sqrt(1 - ab) x0 (or eps for epsilon models)."""
-
-    def __init__(self, scheduler):
-        self.prediction_type = scheduler.config.prediction_type
-        if self.prediction_type not in ("v_prediction", "epsilon"):
-            raise ValueError(f"scheduler prediction_type={self.prediction_type!r}: "
-                             "expected v_prediction or epsilon")
-        self.alphas_cumprod = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32).clone()
-        self.num_timesteps = int(scheduler.config.num_train_timesteps)
-
-    def _coefficients(self, t: torch.Tensor, ndim: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        ab = self.alphas_cumprod.to(device)[t.to(device)]
-        shape = (-1,) + (1,) * (ndim - 1)
-        return ab.sqrt().view(shape), (1 - ab).sqrt().view(shape)
-
-    def noisy_and_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor):
-        """x0, noise [B, ...] (any dtype), t [B] long -> (z_t, target) both fp32 [B, ...]."""
-        x0, noise = x0.float(), noise.float()
-        a, s = self._coefficients(t, x0.dim(), x0.device)
-        noisy = a * x0 + s * noise
-        target = a * noise - s * x0 if self.prediction_type == "v_prediction" else noise
-        return noisy, target
 
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -67,11 +67,13 @@ def _count(module: nn.Module | None, trainable_only: bool = False) -> int:
 
 def plan_memory(transformer: nn.Module, projector: nn.Module | None, cfg: Config, strategy: str,
                 workers: int) -> MemoryPlan:
-    """The plan for `transformer` (a CogVideoX transformer, possibly on the meta device) and
+    """The plan for `transformer` (the family's, possibly on the meta device) and
     `projector` under `cfg.train` with `workers` GPUs and `strategy` (ddp | fsdp2)."""
-    c = transformer.config
-    width = c.num_attention_heads * c.attention_head_dim
-    blocks = transformer.transformer_blocks
+    from models.family import student_family
+
+    family = student_family(cfg)
+    width = family.width(transformer)
+    blocks = family.blocks(transformer)
     block = _count(blocks[0])
     outside = _count(transformer) - block * len(blocks) + _count(projector)
     total = _count(transformer) + _count(projector)
@@ -80,7 +82,8 @@ def plan_memory(transformer: nn.Module, projector: nn.Module | None, cfg: Config
     share = workers if sharded else 1
 
     f, h, w = cfg.geometry.student_grid
-    tokens = f * h * w + cfg.geometry.text_length
+    # CogVideoX attends over text and video tokens jointly; Wan's text enters by cross-attention.
+    tokens = f * h * w + (cfg.geometry.text_length if family.joint_text else 0)
     b = cfg.train.micro_batch
     recompute = BLOCK_INTERMEDIATES * b * tokens * width * 2
     if cfg.train.gradient_checkpointing:

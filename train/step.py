@@ -9,16 +9,16 @@ from torch import nn
 
 from configs.schema import Config
 from train.data import stack
-from train.loss import DiffusionObjective, alignment_loss, diffusion_loss, draw_noise, posterior_sample
+from train.loss import alignment_loss, diffusion_loss, draw_noise, posterior_sample
 
 
 @dataclass
 class StepContext:
     cfg: Config
-    objective: DiffusionObjective
+    objective: Any  # models/objectives.py: the student family's noise objective
     device: torch.device
     scaling_factor: Optional[float]  # for latents stored as moments
-    rotary: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    conditioning: Any = None  # the family's per-run forward inputs (CogVideoX-5B: rotary tables)
 
     @property
     def autocast_dtype(self) -> Optional[torch.dtype]:
@@ -55,12 +55,10 @@ def micro_batch_losses(model: nn.Module, batch: dict[str, Any], ctx: StepContext
     t = torch.tensor([d[0] for d in draws], dtype=torch.long, device=dev)
     noise = to_device(stack([d[1] for d in draws], dev.type == "cuda"), ctx)
     noisy, target = ctx.objective.noisy_and_target(x0, noise, t)
-    # The transformer takes [B, F, C, H, W].
-    noisy, target = noisy.transpose(1, 2), target.transpose(1, 2)
     text = to_device(batch["text"], ctx, torch.float32)
     dtype = ctx.autocast_dtype
     with torch.autocast(device_type=dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        pred, projected = model(noisy, text, t, ctx.rotary)
+        pred, projected = model(noisy, text, ctx.objective.model_timestep(t), ctx.conditioning)
     l_diff = diffusion_loss(pred, target)
     if cfg.align.loss == "none":
         l_align = torch.zeros((), device=dev)
