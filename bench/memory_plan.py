@@ -1,8 +1,9 @@
 """Per-GPU memory plan of `tsa train` at the paper settings (train/memory_plan.py), for DDP and
 FSDP2 and several micro-batches, and the largest micro-batch that fits 48 and 80 GB cards.
-No GPU and no weights: the transformer (2B, 5B or 1.5-5B) is built on the meta device.
+No GPU and no weights: the transformer (CogVideoX 2B, 5B or 1.5-5B, Wan2.1 1.3B) is built on
+the meta device.
 
-    python bench/memory_plan.py [--model 2b|5b|1.5-5b] [--config NAME] [--workers 8] [--lora-rank 64]
+    python bench/memory_plan.py [--model 2b|5b|1.5-5b|wan1.3b] [--config NAME] [--workers 8] [--lora-rank 64]
 """
 from __future__ import annotations
 
@@ -26,7 +27,15 @@ ARCHITECTURES = {"2b": {}, "5b": {"num_attention_heads": 48, "num_layers": 42,
 # CogVideoX1.5-5B (THUDM/CogVideoX1.5-5B): the 5B with temporal patches (docs/families.md).
 ARCHITECTURES["1.5-5b"] = ARCHITECTURES["5b"] | {"patch_size_t": 2, "patch_bias": False, "sample_height": 300,
                                                  "sample_width": 300, "sample_frames": 81}
-CONFIGS = {"2b": "cogvideox2b_mtsa", "5b": "cogvideox5b_mtsa", "1.5-5b": "cogvideox15_5b_mtsa"}
+# Wan2.1-T2V-1.3B (diffusers' scripts/convert_wan_to_diffusers.py): a WanTransformer3DModel.
+ARCHITECTURES["wan1.3b"] = {"patch_size": (1, 2, 2), "num_attention_heads": 12, "attention_head_dim": 128,
+                            "in_channels": 16, "out_channels": 16, "text_dim": 4096, "freq_dim": 256,
+                            "ffn_dim": 8960, "num_layers": 30, "cross_attn_norm": True,
+                            "qk_norm": "rms_norm_across_heads", "eps": 1e-6}
+CLASSES = {"wan1.3b": "WanTransformer3DModel"}  # the others: CogVideoXTransformer3DModel
+NAMES = {"2b": "CogVideoX-2B", "5b": "CogVideoX-5B", "1.5-5b": "CogVideoX1.5-5B", "wan1.3b": "Wan2.1-T2V-1.3B"}
+CONFIGS = {"2b": "cogvideox2b_mtsa", "5b": "cogvideox5b_mtsa", "1.5-5b": "cogvideox15_5b_mtsa",
+           "wan1.3b": "wan21_1.3b_mtsa"}
 SLACK_GIB = 2.0  # CUDA context and allocator slack, not in the plan
 
 
@@ -37,22 +46,23 @@ def main(argv=None) -> None:
     ap.add_argument("--model", choices=sorted(ARCHITECTURES), default="2b")
     ap.add_argument("--lora-rank", type=int, default=0, help="train.lora.rank (0: full fine-tune)")
     args = ap.parse_args(argv)
-    from diffusers import CogVideoXTransformer3DModel
+    import diffusers
 
+    transformer_class = getattr(diffusers, CLASSES.get(args.model, "CogVideoXTransformer3DModel"))
     config = args.config or CONFIGS[args.model]
     cfg = load_config(config, [f"train.lora.rank={args.lora_rank}"], optional=["models.teacher.checkpoint"])
     with torch.device("meta"):
-        transformer = CogVideoXTransformer3DModel(**ARCHITECTURES[args.model])
+        transformer = transformer_class(**ARCHITECTURES[args.model])
         c = transformer.config
         projector = Projector(c.num_attention_heads * c.attention_head_dim, cfg.align.projector_hidden,
                               cfg.models.teacher.dim)
         if args.lora_rank:
-            from train.lora import add_lora
+            from models.lora import add_lora
 
             add_lora(transformer, cfg.train.lora, seed=0)
     n = sum(p.numel() for p in transformer.parameters())
     t = sum(p.numel() for p in transformer.parameters() if p.requires_grad)
-    print(f"CogVideoX-{args.model.upper()}: {n / 1e9:.2f}B parameters, {t / 1e6:.1f}M trainable; "
+    print(f"{NAMES[args.model]}: {n / 1e9:.2f}B parameters, {t / 1e6:.1f}M trainable; "
           f"projector {sum(p.numel() for p in projector.parameters()) / 1e6:.1f}M\n")
     setups = [("ddp", 1)] if args.workers == 1 else [("ddp", args.workers), ("fsdp2", 2), ("fsdp2", args.workers)]
     for strategy, workers in setups:

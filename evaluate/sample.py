@@ -97,7 +97,7 @@ class SampleSummary:
 def lora_checkpoint(checkpoint: Path) -> Optional[Path]:
     """RUN/checkpoint-N of a LoRA run (it holds pytorch_lora_weights.safetensors and no
     transformer/), resolved; None for a full fine-tune."""
-    from train.lora import LORA_WEIGHTS
+    from models.lora import LORA_WEIGHTS
 
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir() and (checkpoint / LORA_WEIGHTS).is_file() and not (checkpoint / "transformer").exists():

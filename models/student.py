@@ -97,7 +97,7 @@ def build_student(cfg: Config) -> Student:
     transformer = family.load_transformer(cfg.models.student)
     family.check_transformer(transformer, cfg)
     if cfg.train.lora.rank > 0:
-        from train.lora import add_lora
+        from models.lora import add_lora
 
         add_lora(transformer, cfg.train.lora, cfg.seed + 1)
     if cfg.train.gradient_checkpointing:

@@ -4,7 +4,7 @@
                               the family's transformer class (CogVideoXTransformer3DModel,
                               WanTransformer3DModel).from_pretrained, drops into its pipeline
     pytorch_lora_weights.safetensors   instead of transformer/ with train.lora.rank > 0: the adapters,
-                              for the pipeline's load_lora_weights (train/lora.py)
+                              for the pipeline's load_lora_weights (models/lora.py)
     projector.safetensors     the projector's weights
     optimizer.pt              AdamW state keyed by parameter name (torch.save of tensors and numbers),
                               written by rank 0: one worker, or DDP (every rank holds the same state)
@@ -119,7 +119,7 @@ def save_checkpoint(out: Path, step: int, model: nn.Module, optimizer, lr_schedu
         student = unwrap(model)
         projector = {k[len("projector."):]: v.contiguous() for k, v in weights.items() if k.startswith("projector.")}
         if lora is not None:  # only the adapters: the base transformer is frozen and unchanged
-            from train.lora import save_lora
+            from models.lora import save_lora
 
             save_lora(tmp, weights, lora, student.family)
         else:
@@ -233,7 +233,7 @@ def _load_sharded_optimizer(folder: Path, model: nn.Module, optimizer, dist: Dis
 
 
 def has_lora(ckpt: Path) -> bool:
-    from train.lora import LORA_WEIGHTS
+    from models.lora import LORA_WEIGHTS
 
     return (Path(ckpt) / LORA_WEIGHTS).is_file()
 
@@ -244,7 +244,7 @@ def _load_lora(ckpt: Path, model: nn.Module, student: nn.Module) -> None:
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-    from train.lora import LORA_WEIGHTS, from_diffusers, is_lora_key
+    from models.lora import LORA_WEIGHTS, from_diffusers, is_lora_key
 
     adapted = any(is_lora_key(n) for n, _ in student.named_parameters())
     if has_lora(ckpt) != adapted:
