@@ -139,12 +139,13 @@ class TrainStep:
     def __init__(self, cfg: Config, transformer, device: torch.device, online=None):
         from tsa_core import mask_to_index, topk_mask
         from train.loss import alignment_loss, diffusion_loss
+        from models.cogvideox import FAMILY
         from models.student import Student, build_projector
 
         self.cfg, self.device = cfg, device
         transformer.enable_gradient_checkpointing()
         transformer.train()
-        self.student = Student(transformer, build_projector(transformer, cfg).to(device), cfg.align.layer,
+        self.student = Student(FAMILY, transformer, build_projector(transformer, cfg).to(device), cfg.align.layer,
                                cfg.geometry.student_grid).to(device)
         self.opt = torch.optim.AdamW(self.student.parameters(), lr=cfg.train.lr, weight_decay=1e-4,
                                      fused=device.type == "cuda")
@@ -159,8 +160,8 @@ class TrainStep:
         c, f, h, w = g.latent_shape
         tf, th, tw = g.teacher_grid
         out = {
-            "latent": torch.randn(b, f, c, h, w, device=d),
-            "noise": torch.randn(b, f, c, h, w, device=d),
+            "latent": torch.randn(b, c, f, h, w, device=d),  # the Student takes [B, C, F, H, W]
+            "noise": torch.randn(b, c, f, h, w, device=d),
             "text": torch.randn(b, *g.text_shape, device=d),
             "timestep": torch.randint(0, 1000, (b,), device=d),
             "teacher": torch.randn(b, tf * th * tw, self.cfg.models.teacher.dim, device=d),
@@ -178,7 +179,7 @@ class TrainStep:
         with torch.no_grad():
             frames = batch["frames"]
             latent = vae.encode((frames * 2 - 1).to(dtype)).latent_dist.sample()
-            batch["latent"] = latent.permute(0, 2, 1, 3, 4).float() * vae.config.scaling_factor
+            batch["latent"] = latent.float() * vae.config.scaling_factor
             _, normalized = preprocess_frames(frames, self.cfg.geometry)
             batch["teacher"] = teacher(normalized.to(dtype)).float()
 

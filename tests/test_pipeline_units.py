@@ -189,7 +189,7 @@ def test_vae_moments_give_the_stored_sample(tiny_cfg):
     mean, logvar = moments["latent_mean"][0], moments["latent_logvar"][0]
     assert mean.shape == logvar.shape == (16, 3, 24, 36) and "latent" not in moments
     eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(key_seed("clip_a"))).numpy()
-    expected = (mean + np.exp(0.5 * logvar) * eps) * sample_stage.scaling_factor
+    expected = (mean + np.exp(0.5 * logvar) * eps) * sample_stage.vae_config["scaling_factor"]
     np.testing.assert_allclose(sample, expected, rtol=1e-5, atol=1e-5)
 
 
