@@ -65,8 +65,13 @@ class StudentFamily:
             return dict(json.loads((path / "config.json").read_text()))
         return dict(self.diffusers_class(self.transformer_class).load_config(ref, subfolder="transformer"))
 
+    def vae_dtype(self, requested: torch.dtype) -> torch.dtype:
+        """The dtype the VAE runs in when `requested` (preprocess.dtype, --dtype) is asked for."""
+        return requested
+
     def load_vae(self, ref: str, dtype: torch.dtype = torch.float32):
-        return self.diffusers_class(self.vae_class).from_pretrained(ref, subfolder="vae", torch_dtype=dtype)
+        return self.diffusers_class(self.vae_class).from_pretrained(ref, subfolder="vae",
+                                                                    torch_dtype=self.vae_dtype(dtype))
 
     def vae_config(self, ref: str) -> dict:
         import json

@@ -44,6 +44,11 @@ class Wan(StudentFamily):
     sampler = "UniPCMultistepScheduler/flow"
     joint_text = False
 
+    def vae_dtype(self, requested: torch.dtype) -> torch.dtype:
+        # WanPipeline's own example loads the VAE in float32 whatever the transformer's dtype;
+        # it is small (127M parameters) and its causal 3D convolutions lose detail in bf16.
+        return torch.float32
+
     def check_transformer(self, transformer, cfg: Config) -> None:
         c = transformer.config
         g = cfg.geometry

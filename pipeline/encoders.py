@@ -161,7 +161,7 @@ class VaeStage:
         self.family = student_family(self.cfg)
         p = self.cfg.preprocess
         self.device = stage_device(p.vae.num_gpus)
-        self.dtype = stage_dtype(self.cfg, self.device)
+        self.dtype = self.family.vae_dtype(stage_dtype(self.cfg, self.device))
         vae = self.family.load_vae(self.cfg.models.vae, self.dtype)
         if p.vae_slicing:
             vae.enable_slicing()

@@ -149,6 +149,8 @@ def test_latents_are_normalised_per_channel_as_the_pipeline_decodes_them(tiny):
     inv_std = 1.0 / torch.tensor(vae_config["latents_std"]).view(1, 16, 1, 1, 1)
     torch.testing.assert_close(zn / inv_std + mean, z, rtol=1e-5, atol=1e-5)
     assert WAN.scaling_factor(vae_config) is None
+    # The VAE runs in float32 even when preprocess.dtype / --dtype asks for bf16 (WanPipeline's way).
+    assert next(WAN.load_vae(tiny.models.vae, torch.bfloat16).parameters()).dtype == torch.float32
 
 
 # ----------------------------------------------------------------------------- the student
