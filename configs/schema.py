@@ -369,11 +369,6 @@ class Config:
         self.models.teacher.validate(self.geometry)
         if self.models.family not in STUDENT_FAMILIES:
             raise ConfigError(f"models.family={self.models.family!r}: expected one of {', '.join(STUDENT_FAMILIES)}")
-        if self.models.family == "wan" and self.preprocess.latents == "moments":
-            # Wan's VAE normalises each channel with its own mean and std; dataset.json records one
-            # scalar scaling_factor for moments (docs/families.md).
-            raise ConfigError("preprocess.latents=moments: models.family=wan stores latent samples only "
-                              "(use preprocess.latents=sample)")
         self.align.validate()
         self.preprocess.validate()
         self.train.validate()

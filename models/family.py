@@ -127,9 +127,16 @@ class StudentFamily:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- preprocessing
+    def latent_norm(self, vae_config: dict) -> tuple[list[float], list[float]]:
+        """(shift [C], scale [C]): the transformer is trained on (z - shift) * scale of a VAE
+        posterior sample z (CogVideoX: 0 and scaling_factor; Wan: latents_mean and 1 / latents_std)."""
+        raise NotImplementedError
+
     def normalize_latent(self, z: torch.Tensor, vae_config: dict) -> torch.Tensor:
         """A VAE posterior sample [B, C, F, H, W] -> the latent the transformer is trained on."""
-        raise NotImplementedError
+        shift, scale = (torch.tensor(v, dtype=torch.float32, device=z.device).view(1, -1, 1, 1, 1)
+                        for v in self.latent_norm(vae_config))
+        return (z.float() - shift) * scale
 
     def scaling_factor(self, vae_config: dict) -> Optional[float]:
         """One scalar latent scale (recorded in dataset.json for latents stored as moments), or

@@ -147,3 +147,16 @@ def vae_scaling_factor(resolved: Config) -> Optional[float]:
 
     family = student_family(resolved)
     return family.scaling_factor(family.vae_config(resolved.models.vae))
+
+
+def vae_latent_norm(resolved: Config) -> Optional[dict[str, list[float]]]:
+    """{"scale": [C], "shift": [C]} of a family that normalises each latent channel (Wan:
+    1 / latents_std, latents_mean), recorded in dataset.json; None when one scaling_factor does."""
+    from models.family import student_family
+
+    family = student_family(resolved)
+    vae_config = family.vae_config(resolved.models.vae)
+    if family.scaling_factor(vae_config) is not None:
+        return None
+    shift, scale = family.latent_norm(vae_config)
+    return {"scale": scale, "shift": shift}

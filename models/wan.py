@@ -26,13 +26,6 @@ WAN21_SCHEDULER = dict(
 )
 
 
-def _latent_stats(vae_config: dict, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    shape = (1, -1) + (1,) * (like.dim() - 2)
-    mean = torch.tensor(vae_config["latents_mean"], dtype=torch.float32, device=like.device).view(shape)
-    std = torch.tensor(vae_config["latents_std"], dtype=torch.float32, device=like.device).view(shape)
-    return mean, std
-
-
 class Wan(StudentFamily):
     name = "wan"
     transformer_class = "WanTransformer3DModel"
@@ -86,9 +79,14 @@ class Wan(StudentFamily):
         cfg = UniPCMultistepScheduler.load_config(scheduler_ref, subfolder="scheduler")
         return FlowMatchObjective(float(cfg.get("flow_shift") or 1.0), int(cfg.get("num_train_timesteps", 1000)))
 
+    def latent_norm(self, vae_config):
+        return [float(m) for m in vae_config["latents_mean"]], [1.0 / float(s) for s in vae_config["latents_std"]]
+
     def normalize_latent(self, z, vae_config):
-        mean, std = _latent_stats(vae_config, z)
-        return (z.float() - mean) / std
+        shape = (1, -1) + (1,) * (z.dim() - 2)
+        mean = torch.tensor(vae_config["latents_mean"], dtype=torch.float32, device=z.device).view(shape)
+        std = torch.tensor(vae_config["latents_std"], dtype=torch.float32, device=z.device).view(shape)
+        return (z.float() - mean) / std  # divided, as WanPipeline multiplies by std to decode
 
     def scaling_factor(self, vae_config: dict) -> Optional[float]:
         return None

@@ -78,7 +78,8 @@ def inputs_fingerprint(items: list[tuple]) -> str:
 
 
 def build_dataset_info(cfg: Config, *, models: dict[str, dict[str, Any]], num_clips: int,
-                       inputs_fp: str, scaling_factor: Optional[float], source: str) -> dict[str, Any]:
+                       inputs_fp: str, scaling_factor: Optional[float], source: str,
+                       latent_norm: Optional[dict[str, list[float]]] = None) -> dict[str, Any]:
     """The `dataset.json` dict. `cfg` has its model refs unresolved (e.g. `tiny`); `models` maps
     a model name to {"source", "sha256"}."""
     g, p = cfg.geometry, cfg.preprocess
@@ -89,6 +90,7 @@ def build_dataset_info(cfg: Config, *, models: dict[str, dict[str, Any]], num_cl
                                                           lay["cols"] * lay["tile_width"], 3]}
     members["meta.json"] = {"dtype": "json", "shape": []}
     n_shards = (num_clips + p.samples_per_shard - 1) // p.samples_per_shard
+    norm = {} if latent_norm is None else {"latent_norm": latent_norm}  # per-channel families (Wan)
     return {
         "format_version": FORMAT_VERSION,
         "tool_version": tool_version(),
@@ -107,6 +109,7 @@ def build_dataset_info(cfg: Config, *, models: dict[str, dict[str, Any]], num_cl
         "preview": lay,
         "latents": p.latents,
         "scaling_factor": scaling_factor,
+        **norm,
         "teacher_dtype": p.teacher_dtype,
         "mask_ratio": p.mask_ratio,
         "members": members,

@@ -536,7 +536,7 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
 
     from models.tiny import resolve_tiny
     from pipeline.finalize import finalize
-    from models.refs import model_records, vae_scaling_factor
+    from models.refs import model_records, vae_latent_norm, vae_scaling_factor
     from pipeline.plan import check_storage, cluster_totals, make_plan, readable_sample
     from pipeline.remote_out import RemoteOutputError
 
@@ -555,7 +555,8 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
     models = model_records(cfg, resolved)
     info = build_dataset_info(cfg, models=models, num_clips=len(items),
                               inputs_fp=clip_list_fingerprint(items),
-                              scaling_factor=vae_scaling_factor(resolved), source=selection.source)
+                              scaling_factor=vae_scaling_factor(resolved), source=selection.source,
+                              latent_norm=vae_latent_norm(resolved))
     check_output(out, info, overwrite, shown)
     if retry_failed and read_dataset_info(out) is None:
         raise PreprocessError(f"--retry-failed: {shown} holds no tsa preprocess output yet")

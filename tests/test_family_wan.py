@@ -58,9 +58,7 @@ def test_paper_config_names_the_release_and_maps_its_grid_onto_the_teacher_grid(
     assert projector.in_dim == 1536 and projector.output_grid(g.student_grid) == g.teacher_grid
 
 
-def test_wan_stores_latent_samples_only():
-    with pytest.raises(ConfigError, match="preprocess.latents=moments: models.family=wan"):
-        load_config("tiny_wan21", ["preprocess.latents=moments"])
+def test_unknown_family_is_refused():
     with pytest.raises(ConfigError, match="models.family='sora'"):
         load_config("tiny", ["models.family=sora"])
 
@@ -151,6 +149,42 @@ def test_latents_are_normalised_per_channel_as_the_pipeline_decodes_them(tiny):
     assert WAN.scaling_factor(vae_config) is None
     # The VAE runs in float32 even when preprocess.dtype / --dtype asks for bf16 (WanPipeline's way).
     assert next(WAN.load_vae(tiny.models.vae, torch.bfloat16).parameters()).dtype == torch.float32
+
+
+def test_moments_give_the_stored_sample_with_per_channel_normalisation(tiny):
+    """Sample mode stores normalise(mean + exp(logvar / 2) * eps(key)); the trainer's posterior
+    sample of moments-mode arrays with dataset.json's latent_norm and the same eps gives it back."""
+    import numpy as np
+
+    from models.refs import vae_latent_norm
+    from pipeline.encoders import VaeStage, key_seed
+    from train.loss import posterior_sample
+
+    g = tiny.geometry
+    frames = np.random.default_rng(1).integers(0, 256, (1, g.num_frames, g.height, g.width, 3), dtype=np.uint8)
+    batch = lambda: {"ok": np.array([True]), "key": np.array(["clip_a"]), "frames": frames.copy()}  # noqa: E731
+    stage = VaeStage(load_config("tiny_wan21").to_dict())
+    sample = stage(batch())["latent"][0]
+    stage.cfg.preprocess.latents = "moments"  # same weights, other output mode
+    moments = stage(batch())
+    mean, logvar = moments["latent_mean"][0], moments["latent_logvar"][0]
+    norm = vae_latent_norm(tiny)
+    vae_config = WAN.vae_config(tiny.models.vae)
+    assert norm["shift"] == pytest.approx(vae_config["latents_mean"])
+    assert norm["scale"] == pytest.approx([1 / s for s in vae_config["latents_std"]])
+    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(key_seed("clip_a"))).double()
+    z = torch.from_numpy(mean).double() + torch.exp(0.5 * torch.from_numpy(logvar).double()) * eps
+    ref = torch.stack([(z[c] - vae_config["latents_mean"][c]) / vae_config["latents_std"][c] for c in range(16)])
+    torch.testing.assert_close(torch.from_numpy(sample).double(), ref, rtol=1e-5, atol=1e-5)
+    # The trainer's draw from moments (its own seeded eps), against a float64 per-channel reference.
+    from train.loss import sample_seed
+
+    scale, shift = (torch.tensor(norm[k]).view(-1, 1, 1, 1) for k in ("scale", "shift"))
+    drawn = posterior_sample(torch.from_numpy(mean), torch.from_numpy(logvar), 0, 7, scale, shift)
+    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(sample_seed(0, 7, 1))).double()
+    z = torch.from_numpy(mean).double() + torch.exp(0.5 * torch.from_numpy(logvar).double().clamp(-30, 20)) * eps
+    ref = torch.stack([(z[c] - vae_config["latents_mean"][c]) / vae_config["latents_std"][c] for c in range(16)])
+    torch.testing.assert_close(drawn.double(), ref, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- the student
@@ -255,3 +289,22 @@ def test_train_then_sample(wan_shards, lora, tmp_path):
     settings = json.loads((tmp_path / "videos" / "samples.jsonl").read_text().splitlines()[0])["settings"]
     assert settings["scheduler"] == "UniPCMultistepScheduler/flow" and settings["guidance"] == 5.0
     assert settings["max_sequence_length"] == g.text_length
+
+
+@pytest.mark.slow
+def test_moments_shards_record_the_per_channel_norm_and_train(ray_local, wan_shards, tiny, tmp_path):
+    from pipeline.run import run_preprocess
+
+    clips = wan_shards.root / "clips"
+    out = tmp_path / "moments"
+    result = run_preprocess(clips, out, load_config("tiny_wan21", ["preprocess.samples_per_shard=1",
+                                                                   "preprocess.latents=moments"]))
+    assert result.counts["ok"] == 2, result.reasons
+    info = json.loads((out / "dataset.json").read_text())
+    vae_config = WAN.vae_config(tiny.models.vae)
+    assert info["latents"] == "moments" and info["scaling_factor"] is None
+    assert info["latent_norm"]["shift"] == pytest.approx(vae_config["latents_mean"])
+    code, output = _cli("train", "--shards", out, "--out", tmp_path / "run", "--config", "tiny_wan21",
+                        "-o", "preprocess.latents=moments", "--max-steps", 2)
+    assert code == 0, output
+    assert "trained to step 2 (4 samples" in output

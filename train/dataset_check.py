@@ -40,6 +40,16 @@ class DatasetInfo:
     def scaling_factor(self) -> float:
         return float(self.meta["scaling_factor"])
 
+    def latent_norm(self) -> tuple[Any, Any]:
+        """(scale, shift) for posterior samples of stored moments: dataset.json's per-channel
+        `latent_norm` as tensors [C, 1, 1, 1] (Wan), else (scaling_factor, 0.0) (CogVideoX)."""
+        norm = self.meta.get("latent_norm")
+        if norm is None:
+            return self.scaling_factor, 0.0
+        import torch
+
+        return tuple(torch.tensor(norm[k], dtype=torch.float32).view(-1, 1, 1, 1) for k in ("scale", "shift"))
+
     @property
     def dataset_json(self) -> str:
         return join(self.root, "dataset.json")
@@ -155,8 +165,13 @@ def check_dataset(info: DatasetInfo, cfg: Config, projector_grid: tuple[int, int
     if info.latents not in ("sample", "moments"):
         raise DatasetMismatch(f"{ds}: latents={info.latents!r}, expected sample or moments")
     if info.latents == "moments" and not isinstance(info.meta.get("scaling_factor"), (int, float)):
-        raise DatasetMismatch(f"{ds}: latents=moments needs a numeric scaling_factor, "
-                              f"got {info.meta.get('scaling_factor')!r}")
+        norm = info.meta.get("latent_norm")
+        channels = g.latent_shape[0]
+        if not (isinstance(norm, dict) and all(isinstance(norm.get(k), list) and len(norm[k]) == channels
+                                               for k in ("scale", "shift"))):
+            raise DatasetMismatch(f"{ds}: latents=moments needs a numeric scaling_factor or latent_norm "
+                                  f"scale and shift lists of {channels} values, got scaling_factor="
+                                  f"{info.meta.get('scaling_factor')!r}, latent_norm={norm!r}")
     if info.teacher_dtype not in ("float16", "int8"):
         raise DatasetMismatch(f"{ds}: teacher_dtype={info.teacher_dtype!r}, expected float16 or int8")
     n_tokens = g.teacher_grid[0] * g.teacher_grid[1] * g.teacher_grid[2]

@@ -97,7 +97,7 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
 
     family = student_family(cfg)
     ctx = StepContext(cfg, family.objective(cfg.models.scheduler), dist.device,
-                      info.scaling_factor if info.latents == "moments" else None,
+                      info.latent_norm() if info.latents == "moments" else None,
                       family.conditioning(unwrap(model).transformer, cfg, dist.device))
     accum = microbatches_per_step(cfg, dist.world)
     global_batch = cfg.train.global_batch

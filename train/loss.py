@@ -53,9 +53,12 @@ def draw_noise(seed: int, index: int, latent_shape, num_timesteps: int) -> tuple
 
 
 def posterior_sample(mean: torch.Tensor, logvar: torch.Tensor, seed: int, index: int,
-                     scaling_factor: float) -> torch.Tensor:
-    """One VAE posterior sample x scaling_factor from stored moments [C, F, H, W] (fp32);
-    logvar clamped to [-30, 20] as diffusers' DiagonalGaussianDistribution does."""
+                     scale, shift=0.0) -> torch.Tensor:
+    """One VAE posterior sample z from stored moments [C, F, H, W], normalised as the family
+    trains on it: (z - shift) * scale, fp32. `scale`, `shift`: numbers (CogVideoX: scaling_factor
+    and 0) or per-channel tensors [C, 1, 1, 1] (Wan: 1 / latents_std and latents_mean). logvar is
+    clamped to [-30, 20] as diffusers' DiagonalGaussianDistribution does."""
     g = torch.Generator().manual_seed(sample_seed(seed, index, 1))
     std = torch.exp(0.5 * logvar.float().clamp(-30.0, 20.0))
-    return (mean.float() + std * torch.randn(mean.shape, generator=g)) * scaling_factor
+    z = mean.float() + std * torch.randn(mean.shape, generator=g)
+    return (z if isinstance(shift, float) and shift == 0.0 else z - shift) * scale

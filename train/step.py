@@ -17,7 +17,7 @@ class StepContext:
     cfg: Config
     objective: Any  # models/objectives.py: the student family's noise objective
     device: torch.device
-    scaling_factor: Optional[float]  # for latents stored as moments
+    latent_norm: Optional[tuple[Any, Any]]  # (scale, shift) of latents stored as moments (DatasetInfo.latent_norm)
     conditioning: Any = None  # the family's per-run forward inputs (CogVideoX-5B: rotary tables)
 
     @property
@@ -40,7 +40,7 @@ def clean_latents(batch: dict[str, Any], ctx: StepContext) -> torch.Tensor:
     stored moments drawn (on CPU) with the sample's own seed."""
     if "latent" in batch:
         return to_device(batch["latent"], ctx, torch.float32)
-    x0 = [posterior_sample(m, lv, ctx.cfg.seed, j, ctx.scaling_factor)
+    x0 = [posterior_sample(m, lv, ctx.cfg.seed, j, *ctx.latent_norm)
           for m, lv, j in zip(batch["latent_mean"], batch["latent_logvar"], batch["index"])]
     return to_device(stack(x0, ctx.device.type == "cuda"), ctx)
 
