@@ -106,3 +106,21 @@ def test_posterior_sample_uses_moments_and_scaling():
     a = posterior_sample(mean, torch.zeros(2, 3), 0, 0, 1.0)
     assert torch.equal(a, posterior_sample(mean, torch.zeros(2, 3), 0, 0, 1.0))
     assert not torch.equal(a, posterior_sample(mean, torch.zeros(2, 3), 0, 1, 1.0))
+
+
+def test_posterior_sample_normalises_with_a_scalar_or_per_channel_norm():
+    from train.dataset_check import DatasetInfo
+
+    gen = torch.Generator().manual_seed(5)
+    mean, logvar = torch.randn(2, 3, 4, 5, generator=gen), torch.randn(2, 3, 4, 5, generator=gen)
+    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(sample_seed(0, 3, 1))).double()
+    z = mean.double() + torch.exp(0.5 * logvar.double()) * eps
+    cog = DatasetInfo("x", {"scaling_factor": 0.7}, [], [])
+    assert cog.latent_norm() == (0.7, 0.0)
+    torch.testing.assert_close(posterior_sample(mean, logvar, 0, 3, *cog.latent_norm()).double(), z * 0.7,
+                               rtol=0, atol=1e-5)
+    wan = DatasetInfo("x", {"scaling_factor": None, "latent_norm": {"scale": [2.0, 0.5], "shift": [1.0, -1.0]}}, [], [])
+    scale, shift = wan.latent_norm()
+    assert scale.shape == shift.shape == (2, 1, 1, 1)
+    ref = torch.stack([(z[0] - 1.0) * 2.0, (z[1] + 1.0) * 0.5])
+    torch.testing.assert_close(posterior_sample(mean, logvar, 0, 3, scale, shift).double(), ref, rtol=0, atol=1e-5)
