@@ -214,6 +214,28 @@ def test_student_captures_the_block_output_and_predicts_like_the_transformer(tin
     assert student.family is student_family("wan")
 
 
+def test_checkpointed_wan_blocks_are_captured_once_and_give_the_same_gradients():
+    students = {}
+    for checkpointing in (False, True):
+        cfg = resolve_tiny(load_config("tiny_wan21", [f"train.gradient_checkpointing={str(checkpointing).lower()}"]))
+        torch.manual_seed(0)
+        students[checkpointing] = build_student(cfg)
+    assert students[True].transformer.is_gradient_checkpointing
+    g = cfg.geometry
+    gen = torch.Generator().manual_seed(4)
+    noisy, text = torch.randn(2, *g.latent_shape, generator=gen), torch.randn(2, *g.text_shape, generator=gen)
+    t = torch.tensor([100.0, 800.0])
+    grads = {}
+    for key, student in students.items():
+        pred, projected = student(noisy, text, t)
+        (pred.square().mean() + projected.square().mean()).backward()
+        assert student.captures == 1  # the block ran again in backward; the hook kept the first output
+        grads[key] = {n: p.grad for n, p in student.named_parameters() if p.grad is not None}
+    assert grads[False].keys() == grads[True].keys() and any("blocks.1." in n for n in grads[True])
+    for n in grads[False]:
+        torch.testing.assert_close(grads[True][n], grads[False][n], rtol=1e-4, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- the whole chain
 
 def _cli(*args):
