@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 OUT=${DEMO_OUT:-demo_out}
 
-if ! command -v tsa >/dev/null 2>&1 || ! python -c "import tsa_core, pipeline, train, configs" 2>/dev/null; then
+if ! command -v tsa >/dev/null 2>&1 || ! python -c "import tsa_core, pipeline, train, configs, models, evaluate" 2>/dev/null; then
     echo "== installing tsa (CPU torch pin, then the project)"
     python -m pip install -q torch==2.13.0
     python -m pip install -q -e '.[dev]'
