@@ -110,13 +110,7 @@ class CogVideoX(StudentFamily):
 
     def latent_norm(self, vae_config):
         channels = int(vae_config.get("latent_channels", 16))
-        return [0.0] * channels, [float(vae_config["scaling_factor"])] * channels
-
-    def normalize_latent(self, z, vae_config):
-        return z * float(vae_config["scaling_factor"])  # one multiply: the bytes of earlier shards
-
-    def scaling_factor(self, vae_config: dict) -> Optional[float]:
-        return float(vae_config["scaling_factor"])
+        return [float(vae_config["scaling_factor"])] * channels, [0.0] * channels
 
     def encode_text(self, tokenizer, encoder, captions, length, device):
         """T5 over `length` tokens: padding to max length, truncation, no attention mask, as

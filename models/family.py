@@ -51,18 +51,16 @@ class StudentFamily:
         ranks on a node do not each hold a random copy and the loaded one at the same time."""
         cls = self.diffusers_class(self.transformer_class)
         kwargs = {"torch_dtype": dtype, "low_cpu_mem_usage": low_cpu_mem_usage}
-        path = Path(ref)
-        if path.is_dir() and (path / "config.json").is_file() and not (path / "model_index.json").is_file():
-            return cls.from_pretrained(path, **kwargs)
+        if _is_model_folder(ref):
+            return cls.from_pretrained(ref, **kwargs)
         return cls.from_pretrained(ref, subfolder="transformer", **kwargs)
 
     def transformer_config(self, ref: str) -> dict:
         """config.json of the transformer at `ref` (pipeline or transformer folder, or hub id)."""
         import json
 
-        path = Path(ref)
-        if path.is_dir() and (path / "config.json").is_file() and not (path / "model_index.json").is_file():
-            return dict(json.loads((path / "config.json").read_text()))
+        if _is_model_folder(ref):
+            return dict(json.loads((Path(ref) / "config.json").read_text()))
         return dict(self.diffusers_class(self.transformer_class).load_config(ref, subfolder="transformer"))
 
     def vae_dtype(self, requested: torch.dtype) -> torch.dtype:
@@ -128,20 +126,23 @@ class StudentFamily:
 
     # ---------------------------------------------------------------- preprocessing
     def latent_norm(self, vae_config: dict) -> tuple[list[float], list[float]]:
-        """(shift [C], scale [C]): the transformer is trained on (z - shift) * scale of a VAE
-        posterior sample z (CogVideoX: 0 and scaling_factor; Wan: latents_mean and 1 / latents_std)."""
+        """(scale [C], shift [C]): the transformer is trained on (z - shift) * scale of a VAE
+        posterior sample z (CogVideoX: scaling_factor and 0; Wan: 1 / latents_std and latents_mean),
+        the order train.loss.posterior_sample takes them in."""
         raise NotImplementedError
 
     def normalize_latent(self, z: torch.Tensor, vae_config: dict) -> torch.Tensor:
-        """A VAE posterior sample [B, C, F, H, W] -> the latent the transformer is trained on."""
-        shift, scale = (torch.tensor(v, dtype=torch.float32, device=z.device).view(1, -1, 1, 1, 1)
+        """A VAE posterior sample [B, C, F, H, W] -> the latent the transformer is trained on.
+        (With shift 0 this is bit for bit z * scaling_factor: x - 0.0 is x, -0.0 included.)"""
+        scale, shift = (torch.tensor(v, dtype=torch.float32, device=z.device).view(1, -1, 1, 1, 1)
                         for v in self.latent_norm(vae_config))
         return (z.float() - shift) * scale
 
     def scaling_factor(self, vae_config: dict) -> Optional[float]:
-        """One scalar latent scale (recorded in dataset.json for latents stored as moments), or
-        None when the family normalises per channel."""
-        return None
+        """The one scalar latent scale (recorded in dataset.json) when the norm has no shift and the
+        same scale on every channel; None when the family normalises per channel."""
+        scale, shift = self.latent_norm(vae_config)
+        return scale[0] if not any(shift) and len(set(scale)) == 1 else None
 
     def encode_text(self, tokenizer, encoder, captions: list[str], length: int, device: torch.device) -> torch.Tensor:
         """captions -> float32 text embeddings [B, length, D] as the release's pipeline computes them."""
@@ -176,6 +177,12 @@ class StudentFamily:
     def tiny_pipeline(self, cfg: Config, tokenizer):
         """All components at tiny size, random weights (the caller seeds the RNG)."""
         raise NotImplementedError
+
+
+def _is_model_folder(ref: str) -> bool:
+    """`ref` is a model's own folder (config.json, no model_index.json), not a pipeline folder."""
+    path = Path(ref)
+    return path.is_dir() and (path / "config.json").is_file() and not (path / "model_index.json").is_file()
 
 
 def student_family(name_or_cfg) -> StudentFamily:

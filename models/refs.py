@@ -140,23 +140,16 @@ def model_records(unresolved: Config, resolved: Config) -> dict[str, dict[str, A
     return records
 
 
-def vae_scaling_factor(resolved: Config) -> Optional[float]:
-    """`scaling_factor` of the VAE config (1.15258426 for CogVideoX-2B), read without loading
-    weights; None for families that normalise each latent channel (Wan)."""
-    from models.family import student_family
-
-    family = student_family(resolved)
-    return family.scaling_factor(family.vae_config(resolved.models.vae))
-
-
-def vae_latent_norm(resolved: Config) -> Optional[dict[str, list[float]]]:
-    """{"scale": [C], "shift": [C]} of a family that normalises each latent channel (Wan:
-    1 / latents_std, latents_mean), recorded in dataset.json; None when one scaling_factor does."""
+def vae_normalization(resolved: Config) -> tuple[Optional[float], Optional[dict[str, list[float]]]]:
+    """What dataset.json records of the latent normalisation, from the VAE config (read once,
+    without loading weights): (scaling_factor, None) when one scalar does it (1.15258426 for
+    CogVideoX-2B), else (None, {"scale": [C], "shift": [C]}) (Wan: 1 / latents_std, latents_mean)."""
     from models.family import student_family
 
     family = student_family(resolved)
     vae_config = family.vae_config(resolved.models.vae)
-    if family.scaling_factor(vae_config) is not None:
-        return None
-    shift, scale = family.latent_norm(vae_config)
-    return {"scale": scale, "shift": shift}
+    scaling_factor = family.scaling_factor(vae_config)
+    if scaling_factor is not None:
+        return scaling_factor, None
+    scale, shift = family.latent_norm(vae_config)
+    return None, {"scale": scale, "shift": shift}

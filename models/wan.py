@@ -9,7 +9,7 @@ with the padded positions set to zero, as WanPipeline computes them.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -80,16 +80,7 @@ class Wan(StudentFamily):
         return FlowMatchObjective(float(cfg.get("flow_shift") or 1.0), int(cfg.get("num_train_timesteps", 1000)))
 
     def latent_norm(self, vae_config):
-        return [float(m) for m in vae_config["latents_mean"]], [1.0 / float(s) for s in vae_config["latents_std"]]
-
-    def normalize_latent(self, z, vae_config):
-        shape = (1, -1) + (1,) * (z.dim() - 2)
-        mean = torch.tensor(vae_config["latents_mean"], dtype=torch.float32, device=z.device).view(shape)
-        std = torch.tensor(vae_config["latents_std"], dtype=torch.float32, device=z.device).view(shape)
-        return (z.float() - mean) / std  # divided, as WanPipeline multiplies by std to decode
-
-    def scaling_factor(self, vae_config: dict) -> Optional[float]:
-        return None
+        return [1.0 / float(s) for s in vae_config["latents_std"]], [float(m) for m in vae_config["latents_mean"]]
 
     def encode_text(self, tokenizer, encoder, captions, length, device):
         """UMT5 with the attention mask over `length` tokens; positions past each caption's

@@ -536,7 +536,7 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
 
     from models.tiny import resolve_tiny
     from pipeline.finalize import finalize
-    from models.refs import model_records, vae_latent_norm, vae_scaling_factor
+    from models.refs import model_records, vae_normalization
     from pipeline.plan import check_storage, cluster_totals, make_plan, readable_sample
     from pipeline.remote_out import RemoteOutputError
 
@@ -553,10 +553,10 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
     items = selection.items
     resolved = resolve_tiny(copy.deepcopy(cfg))
     models = model_records(cfg, resolved)
+    scaling_factor, latent_norm = vae_normalization(resolved)
     info = build_dataset_info(cfg, models=models, num_clips=len(items),
                               inputs_fp=clip_list_fingerprint(items),
-                              scaling_factor=vae_scaling_factor(resolved), source=selection.source,
-                              latent_norm=vae_latent_norm(resolved))
+                              scaling_factor=scaling_factor, source=selection.source, latent_norm=latent_norm)
     check_output(out, info, overwrite, shown)
     if retry_failed and read_dataset_info(out) is None:
         raise PreprocessError(f"--retry-failed: {shown} holds no tsa preprocess output yet")

@@ -156,7 +156,7 @@ def test_moments_give_the_stored_sample_with_per_channel_normalisation(tiny):
     sample of moments-mode arrays with dataset.json's latent_norm and the same eps gives it back."""
     import numpy as np
 
-    from models.refs import vae_latent_norm
+    from models.refs import vae_normalization
     from pipeline.encoders import VaeStage, key_seed
     from train.loss import posterior_sample
 
@@ -168,7 +168,8 @@ def test_moments_give_the_stored_sample_with_per_channel_normalisation(tiny):
     stage.cfg.preprocess.latents = "moments"  # same weights, other output mode
     moments = stage(batch())
     mean, logvar = moments["latent_mean"][0], moments["latent_logvar"][0]
-    norm = vae_latent_norm(tiny)
+    scaling_factor, norm = vae_normalization(tiny)
+    assert scaling_factor is None
     vae_config = WAN.vae_config(tiny.models.vae)
     assert norm["shift"] == pytest.approx(vae_config["latents_mean"])
     assert norm["scale"] == pytest.approx([1 / s for s in vae_config["latents_std"]])
