@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
@@ -34,8 +35,8 @@ def main() -> None:
     from configs import load_config
     from pipeline.synthetic import make_synthetic_dataset
     from s3_server import S3Server
-    from train.data import RankLoader
     from train.dataset_check import open_dataset
+    from train_step import time_loader
 
     base = load_config(args.config, [f"preprocess.samples_per_shard={args.samples_per_shard}",
                                      "models.teacher.checkpoint=unused", *args.override])
@@ -63,21 +64,12 @@ def main() -> None:
             t = time.perf_counter()
             info = open_dataset(shards)
             print(f"{where:5s} open_dataset (listing, markers, size check): {time.perf_counter() - t:.3f} s")
+            n = args.samples * args.epochs
             for workers in [int(w) for w in args.workers.split(",")]:
-                cfg = load_config(args.config, [f"train.data_streams={len(info.shards)}",
-                                                f"train.num_workers={workers}", "models.teacher.checkpoint=unused",
-                                                *args.override])
-                loader = RankLoader(info, cfg, 0, 1)
-                loader.next_item()  # start-up (worker processes, first buffer fill) is not counted
-                n = args.samples * args.epochs
-                t = time.perf_counter()
-                for _ in range(n):
-                    loader.next_item()
-                dt = time.perf_counter() - t
-                loader.close()
+                rate, cfg, used = time_loader(info, args.config, len(info.shards), workers, n, args.override)
                 print(f"{where:5s} loader config={args.config} align.loss={cfg.align.loss} "
-                      f"num_workers={loader.workers}: {n / dt:.1f} samples/s ({n} samples, "
-                      f"{n * mb / args.samples / dt:.0f} MB/s)")
+                      f"num_workers={used}: {rate:.1f} samples/s ({n} samples, "
+                      f"{rate * mb / args.samples:.0f} MB/s)")
 
 
 if __name__ == "__main__":

@@ -89,10 +89,27 @@ def bench_step(args) -> None:
           + f"  -> {cfg.train.global_batch / med['step']:.2f} samples/s, data wait {med['data'] / med['step']:.1%}")
 
 
+def time_loader(info, config: str, streams: int, workers: int, n: int, overrides) -> tuple[float, object, int]:
+    """(samples/s, cfg, DataLoader workers) of `train.data.RankLoader` reading `n` samples of
+    `info` with `streams` data streams; start-up (worker processes, first buffer fill) is not counted."""
+    from configs import load_config
+    from train.data import RankLoader
+
+    cfg = load_config(config, [f"train.data_streams={streams}", f"train.num_workers={workers}",
+                               "models.teacher.checkpoint=unused", *overrides])
+    loader = RankLoader(info, cfg, 0, 1)
+    loader.next_item()
+    t = time.perf_counter()
+    for _ in range(n):
+        loader.next_item()
+    dt = time.perf_counter() - t
+    loader.close()
+    return n / dt, cfg, loader.workers
+
+
 def bench_loader(args) -> None:
     from configs import load_config
     from pipeline.synthetic import make_synthetic_dataset
-    from train.data import RankLoader
     from train.dataset_check import open_dataset
 
     base = load_config(args.config, [f"preprocess.samples_per_shard={args.samples_per_shard}",
@@ -105,19 +122,11 @@ def bench_loader(args) -> None:
         print(f"loader: wrote {args.samples} samples in {len(info.shards)} shards ({mb / args.samples:.1f} MB a "
               f"sample) in {time.perf_counter() - t:.1f} s")
         streams = len(info.shards)
+        n = args.samples * args.epochs
         for workers in [int(w) for w in args.workers.split(",")]:
-            cfg = load_config(args.config, [f"train.data_streams={streams}", f"train.num_workers={workers}",
-                                            "models.teacher.checkpoint=unused", *args.override])
-            loader = RankLoader(info, cfg, 0, 1)
-            loader.next_item()  # start-up (worker processes, first buffer fill) is not counted
-            n = args.samples * args.epochs
-            t = time.perf_counter()
-            for _ in range(n):
-                loader.next_item()
-            dt = time.perf_counter() - t
-            loader.close()
-            print(f"loader config={args.config} align.loss={cfg.align.loss} num_workers={loader.workers} "
-                  f"streams={streams}: {n / dt:.1f} samples/s ({n} samples, page cache warm)")
+            rate, cfg, used = time_loader(info, args.config, streams, workers, n, args.override)
+            print(f"loader config={args.config} align.loss={cfg.align.loss} num_workers={used} "
+                  f"streams={streams}: {rate:.1f} samples/s ({n} samples, page cache warm)")
 
 
 def main() -> None:
