@@ -27,6 +27,7 @@ TEACHER_DIR = "teacher"  # kinds dinov2, vjepa2: a transformers save_pretrained 
 def tiny_teacher_name(cfg: Config) -> str:
     return TEACHER_DIR if cfg.models.teacher.kind in ("dinov2", "vjepa2") else TEACHER_FILE
 
+
 _TOKENIZER_CORPUS = [
     "a ball rolls across the table and hits a glass of water",
     "honey pours slowly into warm milk",

@@ -161,8 +161,8 @@ class VaeStage:
         self.family = student_family(self.cfg)
         p = self.cfg.preprocess
         self.device = stage_device(p.vae.num_gpus)
-        self.dtype = self.family.vae_dtype(stage_dtype(self.cfg, self.device))
-        vae = self.family.load_vae(self.cfg.models.vae, self.dtype)
+        vae = self.family.load_vae(self.cfg.models.vae, stage_dtype(self.cfg, self.device))
+        self.dtype = vae.dtype  # the family's choice (Wan: float32 whatever preprocess.dtype says)
         if p.vae_slicing:
             vae.enable_slicing()
         if p.vae_tiling:
