@@ -17,7 +17,7 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from pipeline.dataset_info import tool_version
+        from tsa.shards.dataset_info import tool_version
 
         typer.echo(f"tsa {tool_version()}")
         raise typer.Exit()
@@ -32,22 +32,22 @@ def _root(
     """tsa: preprocess clips into shards, train with M-TSA, inspect the cache."""
 
 
-from evaluate.sample import sample_cmd  # noqa: E402
+from tsa.evaluate.sample import sample_cmd  # noqa: E402
 
 app.command("sample")(sample_cmd)
 
 
-from pipeline.view.command import view as view_cmd  # noqa: E402
+from tsa.view.command import view as view_cmd  # noqa: E402
 
 app.command("view")(view_cmd)
 
 
-from pipeline.cli import preprocess  # noqa: E402
+from tsa.pipeline.cli import preprocess  # noqa: E402
 
 app.command("preprocess")(preprocess)
 
 
-from train.command import train_command  # noqa: E402
+from tsa.train.command import train_command  # noqa: E402
 
 app.command("train")(train_command)
 

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 OUT=${DEMO_OUT:-demo_out}
 
-if ! command -v tsa >/dev/null 2>&1 || ! python -c "import tsa_core, pipeline, train, configs, models, evaluate" 2>/dev/null; then
+if ! command -v tsa >/dev/null 2>&1 || ! python -c "import tsa.core, tsa.pipeline, tsa.train, tsa.view, tsa.evaluate" 2>/dev/null; then
     echo "== installing tsa (CPU torch pin, then the project)"
     python -m pip install -q torch==2.13.0
     python -m pip install -q -e '.[dev]'
@@ -16,7 +16,7 @@ export TSA_CACHE=${TSA_CACHE:-$PWD/$OUT/model_cache}
 
 echo "== 1/5 sample clips (OpenVid layout: clips.csv + videos/, with broken inputs) -> $OUT/clips"
 rm -rf "$OUT/clips"
-python -c "from pipeline.sample_clips import make_sample_clips; make_sample_clips('$OUT/clips', n=8, seed=0)"
+python -c "from tsa.testing.sample_clips import make_sample_clips; make_sample_clips('$OUT/clips', n=8, seed=0)"
 
 echo "== 2/5 tsa preprocess"
 tsa preprocess --src "$OUT/clips" --out "$OUT/shards" --config tiny --overwrite --no-progress
@@ -32,7 +32,7 @@ tsa sample --checkpoint "$OUT/run/checkpoint-6" --prompts "$OUT/prompts.txt" --o
 
 echo "== 5/5 tsa view (one clip, then the gallery)"
 key=$(python -c "
-from pipeline.reader import open_output
+from tsa.shards.reader import open_output
 print(open_output('$OUT/shards').keys[0])")
 tsa view --shards "$OUT/shards" --key "$key" --out "$OUT/clip.png"
 tsa view --shards "$OUT/shards" --out "$OUT/gallery.html"

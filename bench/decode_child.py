@@ -22,11 +22,11 @@ def main() -> None:
 
     import torch
 
-    from configs import load_config
-    from pipeline.decode import decode_clip
-    from pipeline.decode_proc import DecodeClient
-    from pipeline.mp4 import write_mp4
-    from pipeline.sample_clips import ClipSpec, render_clip
+    from tsa.configs import load_config
+    from tsa.pipeline.decode import decode_clip
+    from tsa.pipeline.decode_proc import DecodeClient
+    from tsa.media.mp4 import write_mp4
+    from tsa.testing.sample_clips import ClipSpec, render_clip
 
     torch.set_num_threads(1)
     path = Path(tempfile.mkdtemp(prefix="tsa-decode-")) / "clip.mp4"

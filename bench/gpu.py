@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from configs import load_config  # noqa: E402
-from configs.schema import Config  # noqa: E402
+from tsa.configs import load_config  # noqa: E402
+from tsa.configs.schema import Config  # noqa: E402
 
 # Dense bf16 tensor-core peak (TFLOP/s) by device name, for MFU.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 6000 Ada": 364.0}
@@ -63,11 +63,11 @@ def build_models(cfg: Config, small: bool, device: torch.device):
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    from models.teacher import VideoMAEv2
+    from tsa.models.teacher import VideoMAEv2
 
     torch.manual_seed(0)
     if small:
-        from models.tiny import build_tiny_pipeline
+        from tsa.models.tiny import build_tiny_pipeline
 
         pipe = build_tiny_pipeline(cfg)
         transformer, vae, t5 = pipe.transformer, pipe.vae, pipe.text_encoder
@@ -137,10 +137,10 @@ class TrainStep:
     """One optimizer step of student + projector + diffusion loss + lambda * M-TSA."""
 
     def __init__(self, cfg: Config, transformer, device: torch.device, online=None):
-        from tsa_core import mask_to_index, topk_mask
-        from train.loss import alignment_loss, diffusion_loss
-        from models.cogvideox import FAMILY
-        from models.student import Student, build_projector
+        from tsa.core import mask_to_index, topk_mask
+        from tsa.train.loss import alignment_loss, diffusion_loss
+        from tsa.models.cogvideox import FAMILY
+        from tsa.models.student import Student, build_projector
 
         self.cfg, self.device = cfg, device
         transformer.enable_gradient_checkpointing()
@@ -172,7 +172,7 @@ class TrainStep:
         return out
 
     def _online_targets(self, batch):
-        from models.teacher import preprocess_frames
+        from tsa.models.teacher import preprocess_frames
 
         vae, teacher = self.online
         dtype = next(teacher.parameters()).dtype
@@ -267,7 +267,7 @@ def bench_train(cfg: Config, transformer, vae, teacher, device, small: bool) -> 
 # ----------------------------------------------------------------------------- 3: preprocess GPU stages
 
 def bench_preprocess(cfg: Config, vae, teacher, t5, device, small: bool) -> dict:
-    from models.teacher import preprocess_frames
+    from tsa.models.teacher import preprocess_frames
 
     g = cfg.geometry
     dtype = next(teacher.parameters()).dtype
@@ -308,7 +308,7 @@ def bench_loss(cfg: Config, device, small: bool) -> dict:
     """dense_plain: plain autograd TSA with [B, N, N] matrices (the "dense TSA" of issue 2 and
     bench/mtsa_memory.py); dense_tsa / mtsa: tsa_core.tsa_loss without / with query_index."""
     from bench.mtsa_memory import plain_tsa
-    from tsa_core import mask_to_index, topk_mask, tsa_loss
+    from tsa.core import mask_to_index, topk_mask, tsa_loss
 
     grid = tf, th, tw = cfg.geometry.teacher_grid
     n, c, b, tau = tf * th * tw, cfg.models.teacher.dim, (2 if small else 4), cfg.align.tau

@@ -4,7 +4,7 @@ Fidelity: mean KL(P_float16 || P_int8) of the tau-tempered correspondence distri
 over every query token and frame: exactly `tsa_core.tsa_loss(int8_features, float16_features)`,
 i.e. how far the M-TSA target moves when the cache stores int8. Features at paper size
 [3600, 768] on the 24 x 10 x 15 grid, two kinds:
-  * structured: the synthetic teacher features of `pipeline.synthetic` (a fixed embedding per
+  * structured: the synthetic teacher features of `tsa.testing.synthetic` (a fixed embedding per
     position, so every query has a sharp match in each frame, plus a moving blob and noise),
   * random: i.i.d. Gaussian (nearly flat distributions: a lower bound on the effect).
 Size: bytes per clip of the whole sample (all members, tar headers included), written by the
@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from configs import load_config
-from pipeline.encode import dequantize_int8, quantize_int8
-from pipeline.reader import iter_shard_paths
-from pipeline.synthetic import make_synthetic_dataset, synthetic_sample
-from tsa_core import tsa_loss
+from tsa.configs import load_config
+from tsa.shards.encode import dequantize_int8, quantize_int8
+from tsa.shards.reader import iter_shard_paths
+from tsa.testing.synthetic import make_synthetic_dataset, synthetic_sample
+from tsa.core import tsa_loss
 
 
 def mean_kl(features: np.ndarray, grid: tuple[int, int, int], tau: float) -> float:

@@ -71,8 +71,8 @@ def main() -> None:
 
     import pandas as pd
 
-    from pipeline.csv_table import read_csv_table
-    from pipeline.sources import list_clips
+    from tsa.pipeline.csv_table import read_csv_table
+    from tsa.pipeline.inputs import list_clips
 
     root = Path(tempfile.mkdtemp(prefix="bench_list_", dir=args.dir))
     try:

@@ -15,9 +15,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from configs import load_config  # noqa: E402
-from train.memory_plan import GIB, plan_memory  # noqa: E402
-from tsa_core import Projector  # noqa: E402
+from tsa.configs import load_config  # noqa: E402
+from tsa.train.memory_plan import GIB, plan_memory  # noqa: E402
+from tsa.core import Projector  # noqa: E402
 
 CARDS_GB = (48, 80)  # RTX 6000 Ada / L40S "48 GB" and A100/H100 "80 GB" hold that many GiB
 # diffusers' CogVideoXTransformer3DModel defaults are CogVideoX-2B; the 5B release differs in
@@ -57,7 +57,7 @@ def main(argv=None) -> None:
         projector = Projector(c.num_attention_heads * c.attention_head_dim, cfg.align.projector_hidden,
                               cfg.models.teacher.dim)
         if args.lora_rank:
-            from models.lora import add_lora
+            from tsa.models.lora import add_lora
 
             add_lora(transformer, cfg.train.lora, seed=0)
     n = sum(p.numel() for p in transformer.parameters())

@@ -60,7 +60,7 @@ def plain_tsa(student, teacher, grid, tau, query_index):
 
 
 def make_inputs(batch, grid, dim, ratio, device):
-    from tsa_core import mask_to_index, topk_mask
+    from tsa.core import mask_to_index, topk_mask
 
     n = grid[0] * grid[1] * grid[2]
     student = torch.randn(batch, n, dim, device=device, requires_grad=True)
@@ -70,7 +70,7 @@ def make_inputs(batch, grid, dim, ratio, device):
 
 
 def step(variant, student, teacher, query_index, grid, tau, chunk):
-    from tsa_core import tsa_loss
+    from tsa.core import tsa_loss
 
     if variant == "dense_plain":
         loss = plain_tsa(student, teacher, grid, tau, None)

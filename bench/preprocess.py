@@ -26,8 +26,8 @@ def make_clips(root: Path, n: int, width: int, height: int, frames: int, fps: in
     """`n` clips of one size (moving shapes over texture, H.264) and an OpenVid-style CSV."""
     import csv
 
-    from pipeline.mp4 import write_mp4
-    from pipeline.sample_clips import ClipSpec, render_clip
+    from tsa.media.mp4 import write_mp4
+    from tsa.testing.sample_clips import ClipSpec, render_clip
 
     (root / "videos").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -44,8 +44,8 @@ def make_clips(root: Path, n: int, width: int, height: int, frames: int, fps: in
 
 
 def _decode_only(row, cfg_dict):
-    from configs.schema import config_from_dict
-    from pipeline.decode import DecodeError, decode_clip
+    from tsa.configs.schema import config_from_dict
+    from tsa.pipeline.decode import DecodeError, decode_clip
 
     try:
         clip = decode_clip(row["path"], config_from_dict(cfg_dict).geometry)
@@ -76,7 +76,7 @@ def stage_costs(cfg) -> dict[str, float]:
     (after a warm-up call), on the device the config gives it: explains the gap to the ceiling."""
     import numpy as np
 
-    from pipeline.encoders import TeacherStage, TextStage, VaeStage
+    from tsa.pipeline.encoders import TeacherStage, TextStage, VaeStage
 
     g, p = cfg.geometry, cfg.preprocess
     t, h, w = g.teacher_input
@@ -113,10 +113,10 @@ def main() -> None:
 
     import ray
 
-    from configs import load_config
-    from models.tiny import materialize_tiny
-    from pipeline.run import build_dataset, configure_ray_data, prepare_dataset, write_rows
-    from pipeline.sources import list_clips
+    from tsa.configs import load_config
+    from tsa.models.tiny import materialize_tiny
+    from tsa.pipeline.run import build_dataset, configure_ray_data, prepare_dataset, write_rows
+    from tsa.pipeline.inputs import list_clips
 
     cfg = load_config(args.config, args.override)
     if cfg.models.vae == "tiny":

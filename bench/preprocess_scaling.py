@@ -31,7 +31,7 @@ from pathlib import Path
 def _decode_standin(row, cfg_dict, cost):
     import numpy as np
 
-    from configs.schema import config_from_dict
+    from tsa.configs.schema import config_from_dict
 
     g = config_from_dict(cfg_dict, optional=["models.teacher.checkpoint"]).geometry
     t, h, w = g.teacher_input
@@ -50,7 +50,7 @@ class StandIn:
     """A model stage that sleeps `cost` s per clip and returns zero outputs of the paper's shapes."""
 
     def __init__(self, name: str, cost: float, cfg_dict: dict):
-        from configs.schema import config_from_dict
+        from tsa.configs.schema import config_from_dict
 
         cfg = config_from_dict(cfg_dict, optional=["models.teacher.checkpoint"])
         g = cfg.geometry
@@ -77,7 +77,7 @@ def build(items, cfg, actors, costs):
     import ray
     from ray.data import ActorPoolStrategy
 
-    from pipeline.run import configure_ray_data
+    from tsa.pipeline.run import configure_ray_data
 
     configure_ray_data()
     p = cfg.preprocess
@@ -131,10 +131,10 @@ def main() -> None:
 
     import ray
 
-    from configs import load_config
-    from pipeline.plan import make_plan
-    from pipeline.run import write_rows
-    from pipeline.sources import ClipItem
+    from tsa.configs import load_config
+    from tsa.pipeline.plan import make_plan
+    from tsa.pipeline.run import write_rows
+    from tsa.pipeline.sources import ClipItem
 
     overrides = args.override if args.override is not None else ["preprocess.teacher.batch_size=1", "preprocess.text.batch_size=1"]
     cfg = load_config(args.config, [f"preprocess.samples_per_shard={args.samples_per_shard}", *overrides],

@@ -36,9 +36,9 @@ def main() -> None:
     import av
     import numpy as np
 
-    from configs import load_config
-    from pipeline.decode import decode_clip, probe_rotation
-    from pipeline.sample_clips import ClipSpec, render_clip
+    from tsa.configs import load_config
+    from tsa.pipeline.decode import decode_clip, probe_rotation
+    from tsa.testing.sample_clips import ClipSpec, render_clip
 
     w, h = (args.height, args.width) if args.rotation in (90, 270) else (args.width, args.height)
     frames, _ = render_clip(ClipSpec("bench", w, h, args.frames, 30), seed=0)

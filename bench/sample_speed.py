@@ -31,11 +31,11 @@ def main() -> None:
     import torch
     import yaml
 
-    from configs import load_config
-    from models.tiny import resolve_tiny
-    from pipeline.mp4 import write_mp4
-    from evaluate.sample import BaseRefs, SampleOptions, build_pipeline, read_samples, sample
-    from models.family import student_family
+    from tsa.configs import load_config
+    from tsa.models.tiny import resolve_tiny
+    from tsa.media.mp4 import write_mp4
+    from tsa.evaluate.sample import BaseRefs, SampleOptions, build_pipeline, read_samples, sample
+    from tsa.models.family import student_family
 
     try:
         cfg = load_config("tiny")

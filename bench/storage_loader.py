@@ -32,10 +32,10 @@ def main() -> None:
     ap.add_argument("-o", "--override", action="append", default=[])
     args = ap.parse_args()
 
-    from configs import load_config
-    from pipeline.synthetic import make_synthetic_dataset
+    from tsa.configs import load_config
+    from tsa.testing.synthetic import make_synthetic_dataset
     from s3_server import S3Server
-    from train.dataset_check import open_dataset
+    from tsa.train.dataset_check import open_dataset
     from train_step import time_loader
 
     base = load_config(args.config, [f"preprocess.samples_per_shard={args.samples_per_shard}",

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from configs import load_config
-from models.teacher import load_teacher, preprocess_frames, save_random_checkpoint, teacher_features
+from tsa.configs import load_config
+from tsa.models.teacher import load_teacher, preprocess_frames, save_random_checkpoint, teacher_features
 
 
 def _timed(fn, repeats: int, sync) -> float:

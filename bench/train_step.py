@@ -27,15 +27,15 @@ def _sync(device: torch.device) -> None:
 def bench_step(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
-    from configs import load_config
-    from models.tiny import resolve_tiny
-    from pipeline.synthetic import make_synthetic_dataset
-    from train.data import RankLoader
-    from train.dataset_check import open_dataset
-    from models.family import student_family
-    from models.student import build_student
-    from train.optim import build_lr_scheduler, build_optimizer
-    from train.step import StepContext, micro_batch_losses
+    from tsa.configs import load_config
+    from tsa.models.tiny import resolve_tiny
+    from tsa.testing.synthetic import make_synthetic_dataset
+    from tsa.train.data import RankLoader
+    from tsa.train.dataset_check import open_dataset
+    from tsa.models.family import student_family
+    from tsa.models.student import build_student
+    from tsa.train.optim import build_lr_scheduler, build_optimizer
+    from tsa.train.step import StepContext, micro_batch_losses
 
     extra = [] if args.config == "tiny" else ["models.teacher.checkpoint=unused"]
     cfg = load_config(args.config, [*extra, *args.override])
@@ -92,8 +92,8 @@ def bench_step(args) -> None:
 def time_loader(info, config: str, streams: int, workers: int, n: int, overrides) -> tuple[float, object, int]:
     """(samples/s, cfg, DataLoader workers) of `train.data.RankLoader` reading `n` samples of
     `info` with `streams` data streams; start-up (worker processes, first buffer fill) is not counted."""
-    from configs import load_config
-    from train.data import RankLoader
+    from tsa.configs import load_config
+    from tsa.train.data import RankLoader
 
     cfg = load_config(config, [f"train.data_streams={streams}", f"train.num_workers={workers}",
                                "models.teacher.checkpoint=unused", *overrides])
@@ -108,9 +108,9 @@ def time_loader(info, config: str, streams: int, workers: int, n: int, overrides
 
 
 def bench_loader(args) -> None:
-    from configs import load_config
-    from pipeline.synthetic import make_synthetic_dataset
-    from train.dataset_check import open_dataset
+    from tsa.configs import load_config
+    from tsa.testing.synthetic import make_synthetic_dataset
+    from tsa.train.dataset_check import open_dataset
 
     base = load_config(args.config, [f"preprocess.samples_per_shard={args.samples_per_shard}",
                                      "models.teacher.checkpoint=unused", *args.override])

@@ -14,13 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from configs import load_config
-from pipeline.reader import open_output
-from pipeline.synthetic import make_synthetic_dataset
-from pipeline.view.atlas import MaskAtlas
-from pipeline.view.clip import build_view, load_clip, teacher_grid
-from pipeline.view.gallery import write_gallery
-from pipeline.view.render import render_view
+from tsa.configs import load_config
+from tsa.shards.reader import open_output
+from tsa.testing.synthetic import make_synthetic_dataset
+from tsa.view.atlas import MaskAtlas
+from tsa.view.clip import build_view, load_clip, teacher_grid
+from tsa.view.gallery import write_gallery
+from tsa.view.render import render_view
 
 
 def main() -> None:

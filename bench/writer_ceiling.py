@@ -62,9 +62,9 @@ def main() -> None:
     ap.add_argument("--orders", default="in-order,shuffled,reversed")
     args = ap.parse_args()
 
-    from configs import load_config
-    from pipeline.run import write_rows
-    from pipeline.sources import ClipItem
+    from tsa.configs import load_config
+    from tsa.pipeline.run import write_rows
+    from tsa.pipeline.sources import ClipItem
 
     cfg = load_config(args.config, optional=["models.teacher.checkpoint"])
     items = [ClipItem(index=i, key=f"clip{i:06d}", video=f"clip{i:06d}.mp4", path="", caption="c")

@@ -1,5 +1,5 @@
 """Typed configs (`schema.py`), the bundled YAML files, and the tiny random-weight models."""
-from configs.schema import (
+from tsa.configs.schema import (
     REQUIRED,
     Config,
     ConfigError,

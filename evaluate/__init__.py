@@ -1,1 +1,1 @@
-"""Generating videos from checkpoints: `tsa sample`, prompt sets, validation videos during training."""
+"""Generating videos from checkpoints: `tsa sample` and the prompt sets."""

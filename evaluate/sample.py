@@ -26,10 +26,10 @@ from typing import Callable, Optional
 import numpy as np
 import typer
 
-from configs.schema import Config, ConfigError, load_config
-from models.family import StudentFamily, family_of_class, student_family
-from pipeline.mp4 import to_uint8, write_mp4
-from evaluate.prompts import Prompt, PromptError, read_prompts
+from tsa.configs.schema import Config, ConfigError, load_config
+from tsa.models.family import StudentFamily, family_of_class, student_family
+from tsa.media.mp4 import to_uint8, write_mp4
+from tsa.evaluate.prompts import Prompt, PromptError, read_prompts
 
 PAPER_FRAMES, PAPER_HEIGHT, PAPER_WIDTH = 49, 480, 720
 SAMPLES_FILE = "samples.jsonl"
@@ -97,7 +97,7 @@ class SampleSummary:
 def lora_checkpoint(checkpoint: Path) -> Optional[Path]:
     """RUN/checkpoint-N of a LoRA run (it holds pytorch_lora_weights.safetensors and no
     transformer/), resolved; None for a full fine-tune."""
-    from models.lora import LORA_WEIGHTS
+    from tsa.models.lora import LORA_WEIGHTS
 
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir() and (checkpoint / LORA_WEIGHTS).is_file() and not (checkpoint / "transformer").exists():
@@ -144,7 +144,7 @@ def resolve_base(base: Optional[str], run_cfg: Optional[Config], run_dir: Path) 
     if run_cfg is None:
         raise SampleError(f"no --base given and no run config at {Path(run_dir) / RUN_CONFIG}: "
                           f"pass --base (hub id or pipeline folder)")
-    from models.tiny import resolve_tiny
+    from tsa.models.tiny import resolve_tiny
 
     m = resolve_tiny(copy.deepcopy(run_cfg)).models  # the caller's config keeps its `tiny` refs
     refs = BaseRefs(m.student, m.vae, m.text_encoder, m.tokenizer, m.scheduler)

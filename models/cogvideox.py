@@ -10,8 +10,8 @@ from typing import Any, Optional
 
 import torch
 
-from configs.schema import Config
-from models.family import ModelError, StudentFamily
+from tsa.configs.schema import Config
+from tsa.models.family import ModelError, StudentFamily
 
 # CogVideoX-2B's scheduler config (THUDM/CogVideoX-2b, scheduler/scheduler_config.json).
 COGVIDEOX_2B_SCHEDULER = dict(
@@ -104,7 +104,7 @@ class CogVideoX(StudentFamily):
     def objective(self, scheduler_ref: str):
         from diffusers import CogVideoXDPMScheduler
 
-        from models.objectives import DiffusionObjective
+        from tsa.models.objectives import DiffusionObjective
 
         return DiffusionObjective(CogVideoXDPMScheduler.from_pretrained(scheduler_ref, subfolder="scheduler"))
 

@@ -18,9 +18,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from configs.schema import Config
+from tsa.configs.schema import Config
 
-FAMILIES = {"cogvideox": "models.cogvideox", "wan": "models.wan"}
+FAMILIES = {"cogvideox": "tsa.models.cogvideox", "wan": "tsa.models.wan"}
 
 
 class ModelError(ValueError):
@@ -189,7 +189,7 @@ def student_family(name_or_cfg) -> StudentFamily:
     """The family adapter for `models.family` (a name or a Config)."""
     name = name_or_cfg if isinstance(name_or_cfg, str) else name_or_cfg.models.family
     if name not in FAMILIES:
-        from configs.schema import ConfigError
+        from tsa.configs.schema import ConfigError
 
         raise ConfigError(f"models.family={name!r}: expected one of {', '.join(FAMILIES)}")
     module = importlib.import_module(FAMILIES[name])

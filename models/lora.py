@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from configs.schema import LoraConfig
+from tsa.configs.schema import LoraConfig
 
 ADAPTER = "default"  # peft's adapter name inside the training module
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
@@ -40,7 +40,7 @@ def add_lora(transformer: nn.Module, cfg: LoraConfig, seed: int) -> None:
         try:
             transformer.add_adapter(peft_config(cfg), adapter_name=ADAPTER)
         except ValueError as e:  # e.g. a target module name the model does not have
-            from configs.schema import ConfigError
+            from tsa.configs.schema import ConfigError
 
             raise ConfigError(f"train.lora.target_modules={list(cfg.target_modules)}: {e}") from None
     for p in transformer.parameters():  # peft creates them in the base layer's dtype

@@ -8,66 +8,13 @@ only the hub's revision is recorded (the actors download the weights themselves)
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
-from configs.schema import Config
+from tsa.configs.schema import Config
+from tsa.models.cache import file_sha256, folder_sha256
 
 COMPONENTS = {"vae": "vae", "text_encoder": "text_encoder", "tokenizer": "tokenizer"}  # name -> subfolder
-
-
-_BIG = 64 << 20  # files above this size have their hash cached (T5-XXL is ~10 GB: ~20 s to hash)
-
-
-def _hash_cache_path() -> Path:
-    from models.tiny import cache_root
-
-    return cache_root() / "sha256_cache.json"
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 of a file; for big files remembered per (path, size, mtime) in $TSA_CACHE, so a
-    resumed run does not hash the weights again."""
-    path = Path(path).resolve()
-    st = path.stat()
-    tag = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    cache_file = _hash_cache_path()
-    cache: dict[str, str] = {}
-    if st.st_size > _BIG and cache_file.is_file():
-        try:
-            cache = json.loads(cache_file.read_text())
-        except (json.JSONDecodeError, OSError):
-            cache = {}
-        if tag in cache:
-            return cache[tag]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    digest = h.hexdigest()
-    if st.st_size > _BIG:
-        cache[tag] = digest
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_name(cache_file.name + f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache, sort_keys=True))
-            os.replace(tmp, cache_file)
-        except OSError:  # a read-only cache only costs time
-            pass
-    return digest
-
-
-def folder_sha256(folder: Path) -> str:
-    h = hashlib.sha256()
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    if not files:
-        raise FileNotFoundError(f"{folder}: no files to hash")
-    for p in files:
-        h.update(f"{p.relative_to(folder).as_posix()}\0{file_sha256(p)}\n".encode())
-    return h.hexdigest()
 
 
 def _local_component(ref: str, subfolder: str) -> Optional[Path]:
@@ -112,7 +59,7 @@ def model_records(unresolved: Config, resolved: Config) -> dict[str, dict[str, A
 
     `unresolved` gives the sources as written (e.g. `tiny`); `resolved` the paths to hash.
     """
-    from models.teacher import weights_sha256
+    from tsa.models.teacher import weights_sha256
 
     records: dict[str, dict[str, Any]] = {}
     for name, sub in COMPONENTS.items():
@@ -144,7 +91,7 @@ def vae_normalization(resolved: Config) -> tuple[Optional[float], Optional[dict[
     """What dataset.json records of the latent normalisation, from the VAE config (read once,
     without loading weights): (scaling_factor, None) when one scalar does it (1.15258426 for
     CogVideoX-2B), else (None, {"scale": [C], "shift": [C]}) (Wan: 1 / latents_std, latents_mean)."""
-    from models.family import student_family
+    from tsa.models.family import student_family
 
     family = student_family(resolved)
     vae_config = family.vae_config(resolved.models.vae)

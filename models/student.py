@@ -12,8 +12,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from configs.schema import Config, ConfigError
-from models.family import ModelError, StudentFamily, student_family
+from tsa.configs.schema import Config, ConfigError
+from tsa.models.family import ModelError, StudentFamily, student_family
 
 __all__ = ["ModelError", "Student", "build_projector", "build_student"]
 
@@ -21,7 +21,7 @@ __all__ = ["ModelError", "Student", "build_projector", "build_student"]
 def build_projector(transformer, cfg: Config):
     """tsa_core.Projector from the student width to the teacher width; checks that it maps
     the student grid onto the teacher grid."""
-    from tsa_core import Projector
+    from tsa.core import Projector
 
     in_dim = student_family(cfg).width(transformer)
     g = cfg.geometry
@@ -97,7 +97,7 @@ def build_student(cfg: Config) -> Student:
     transformer = family.load_transformer(cfg.models.student)
     family.check_transformer(transformer, cfg)
     if cfg.train.lora.rank > 0:
-        from models.lora import add_lora
+        from tsa.models.lora import add_lora
 
         add_lora(transformer, cfg.train.lora, cfg.seed + 1)
     if cfg.train.gradient_checkpointing:

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from configs.schema import ConfigError, Geometry, TeacherConfig
-from models.teacher_weights import (
+from tsa.configs.schema import ConfigError, Geometry, TeacherConfig
+from tsa.models.teacher_weights import (
     TeacherCheckpointError,
     check_state_dict,
     read_state_dict,
@@ -216,11 +216,11 @@ def load_teacher(teacher_cfg: TeacherConfig, geometry: Geometry, device: str | t
         raise TeacherCheckpointError("models.teacher.checkpoint is 'tiny': call models.tiny.resolve_tiny(cfg) "
                                      "first, or set it to a .pth/.safetensors file (kinds dinov2, vjepa2: a folder or hub id)")
     if teacher_cfg.kind == "dinov2":
-        from models.teacher_dinov2 import load_dinov2
+        from tsa.models.teacher_dinov2 import load_dinov2
 
         return load_dinov2(teacher_cfg, geometry, device, dtype)
     if teacher_cfg.kind == "vjepa2":
-        from models.teacher_vjepa2 import load_vjepa2
+        from tsa.models.teacher_vjepa2 import load_vjepa2
 
         return load_vjepa2(teacher_cfg, geometry, device, dtype)
     if teacher_cfg.kind != "videomaev2":
@@ -266,11 +266,11 @@ def save_random_checkpoint(teacher_cfg: TeacherConfig, geometry: Geometry, path:
     kind dinov2 / vjepa2: `path` is a folder written by Dinov2Model / VJEPA2Model.save_pretrained.
     """
     if teacher_cfg.kind == "dinov2":
-        from models.teacher_dinov2 import save_random_dinov2
+        from tsa.models.teacher_dinov2 import save_random_dinov2
 
         return save_random_dinov2(teacher_cfg, geometry, path, seed)
     if teacher_cfg.kind == "vjepa2":
-        from models.teacher_vjepa2 import save_random_vjepa2
+        from tsa.models.teacher_vjepa2 import save_random_vjepa2
 
         return save_random_vjepa2(teacher_cfg, geometry, path, seed)
     with torch.random.fork_rng(devices=[]):

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from configs.schema import ConfigError, Geometry, TeacherConfig
-from models.teacher_weights import TeacherCheckpointError, read_hf_config, save_random_hf
+from tsa.configs.schema import ConfigError, Geometry, TeacherConfig
+from tsa.models.teacher_weights import TeacherCheckpointError, read_hf_config, save_random_hf
 
 TINY_POS_SIDE = 4  # the tiny model's pretrained position table is 4 x 4 (interpolated to the frame grid)
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from configs.schema import ConfigError, Geometry, TeacherConfig
-from models.teacher_weights import TeacherCheckpointError, read_hf_config, save_random_hf
+from tsa.configs.schema import ConfigError, Geometry, TeacherConfig
+from tsa.models.teacher_weights import TeacherCheckpointError, read_hf_config, save_random_hf
 
 
 class Vjepa2Teacher(nn.Module):

@@ -138,8 +138,8 @@ def write_state_dict(state: dict[str, torch.Tensor], path: str | Path) -> Path:
 
 def weights_sha256(path: str | Path) -> str:
     """Hex SHA-256 of the file's bytes (recorded in dataset.json); the one streaming hash of
-    models.refs, which remembers it for big files so a resumed run does not re-hash."""
-    from models.refs import file_sha256
+    models.cache, which remembers it for big files so a resumed run does not re-hash."""
+    from tsa.models.cache import file_sha256
 
     return file_sha256(Path(path))
 

@@ -17,7 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from configs.schema import Config
+from tsa.configs.schema import Config
+from tsa.models.cache import cache_root
 
 TINY = "tiny"
 TEACHER_FILE = "teacher.safetensors"
@@ -46,10 +47,6 @@ _ADDED_GEOMETRY = {"student_patch_t": 1, "teacher_size": None}
 _ADDED_TEACHER = {"kind": "videomaev2"}
 _ADDED_TINY_STUDENT = {"use_rotary_positional_embeddings": False, "patch_bias": True,
                        "vae_scaling_factor": 1.15258426, "snr_shift_scale": 3.0}
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("TSA_CACHE", Path.home() / ".cache" / "tsa"))
 
 
 def tiny_fingerprint(cfg: Config) -> str:
@@ -109,7 +106,7 @@ def build_tiny_pipeline(cfg: Config):
     """The family's pipeline (`models.family`) at tiny size, random weights from `models.tiny_seed`."""
     import torch
 
-    from models.family import student_family
+    from tsa.models.family import student_family
 
     torch.manual_seed(cfg.models.tiny_seed)
     return student_family(cfg).tiny_pipeline(cfg, build_tiny_tokenizer())
@@ -117,7 +114,7 @@ def build_tiny_pipeline(cfg: Config):
 
 def save_tiny_models(cfg: Config, out: Path) -> Path:
     """Write the tiny pipeline (diffusers layout) and tiny teacher (official keys) to `out`."""
-    from models.teacher import save_random_checkpoint
+    from tsa.models.teacher import save_random_checkpoint
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

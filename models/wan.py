@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from configs.schema import Config
-from models.family import ModelError, StudentFamily
+from tsa.configs.schema import Config
+from tsa.models.family import ModelError, StudentFamily
 
 # The scheduler of Wan-AI/Wan2.1-T2V-1.3B-Diffusers (scheduler/scheduler_config.json): UniPC over
 # flow sigmas shifted by 3.0 (the 480p setting of Wan's own generate.py).
@@ -74,7 +74,7 @@ class Wan(StudentFamily):
     def objective(self, scheduler_ref: str):
         from diffusers import UniPCMultistepScheduler
 
-        from models.objectives import FlowMatchObjective
+        from tsa.models.objectives import FlowMatchObjective
 
         cfg = UniPCMultistepScheduler.load_config(scheduler_ref, subfolder="scheduler")
         return FlowMatchObjective(float(cfg.get("flow_shift") or 1.0), int(cfg.get("num_train_timesteps", 1000)))

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.run import RunResult
+from tsa.pipeline.run import RunResult
 
 
 class RateColumn(ProgressColumn):
@@ -167,10 +167,10 @@ def preprocess(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Decode clips once and cache VAE latents, T5 embeddings, teacher features and motion maps as shards."""
-    from configs import ConfigError, load_config
-    from pipeline.dataset_info import OutputMismatch
-    from pipeline.run import PreprocessError, RunStalled, run_preprocess
-    from pipeline.sources import SourceError
+    from tsa.configs import ConfigError, load_config
+    from tsa.shards.dataset_info import OutputMismatch
+    from tsa.pipeline.run import PreprocessError, RunStalled, run_preprocess
+    from tsa.pipeline.sources import SourceError
 
     console = _console()
     overrides = list(override or [])

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from configs.schema import Geometry
+from tsa.configs.schema import Geometry
 
 CHUNK_FRAMES = 4  # source frames held at once (a 1080p frame is 6 MB as uint8, 25 MB as float)
 

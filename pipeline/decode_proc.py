@@ -26,9 +26,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from configs.schema import Geometry
-from pipeline.decode import DecodedClip, DecodeError, decode_clip
-from pipeline.hooks import test_hook
+from tsa.configs.schema import Geometry
+from tsa.pipeline.decode import DecodedClip, DecodeError, decode_clip
+from tsa.pipeline.hooks import test_hook
 
 _ROOT = str(Path(__file__).resolve().parent.parent)  # the folder holding `pipeline/`
 
@@ -109,7 +109,7 @@ class DecodeClient:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([_ROOT, *filter(None, [env.get("PYTHONPATH")])])
         self._pending = bytearray()
-        return subprocess.Popen([sys.executable, "-m", "pipeline.decode_proc"], stdin=subprocess.PIPE,
+        return subprocess.Popen([sys.executable, "-m", "tsa.pipeline.decode_proc"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=env, cwd=_ROOT, bufsize=0)
 
     def kill(self) -> None:

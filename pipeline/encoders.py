@@ -21,24 +21,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from configs.schema import Config, config_from_dict
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def stage_device(num_gpus: float) -> torch.device:
-    return torch.device("cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu")
-
-
-def stage_dtype(cfg: Config, device: torch.device) -> torch.dtype:
-    """preprocess.dtype on GPU; float32 on CPU (bf16 matmuls on CPU are slow and no smaller in RAM that matters)."""
-    if cfg.preprocess.dtype not in DTYPES:
-        raise ValueError(f"preprocess.dtype={cfg.preprocess.dtype!r}: expected one of {', '.join(DTYPES)}")
-    return DTYPES[cfg.preprocess.dtype] if device.type == "cuda" else torch.float32
-
+from tsa.configs.schema import Config, config_from_dict
+from tsa.models.text import encoder_device, encoder_dtype
 
 def _resolved(cfg_dict: dict[str, Any], cache_dir: Optional[str]) -> Config:
-    from models.tiny import resolve_tiny
+    from tsa.models.tiny import resolve_tiny
 
     if cache_dir:
         os.environ["TSA_CACHE"] = cache_dir
@@ -55,7 +42,7 @@ def _ok_rows(batch: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _injected_failure(stage: str, keys: list[str]) -> None:
-    from pipeline.hooks import test_hook
+    from tsa.pipeline.hooks import test_hook
 
     spec = test_hook("raise_stage") or ""
     if spec.partition(":")[0] == stage and spec.partition(":")[2] in keys:
@@ -77,7 +64,7 @@ def fail_row(batch: dict[str, np.ndarray], i: int, error: str) -> None:
 def run_rows(stage: str, batch: dict[str, np.ndarray], compute) -> None:
     """Run `compute(rows)` on the ok rows of `batch`; if it raises, retry one row at a time and
     fail the rows that still raise (see module docstring). `compute` fills the outputs itself."""
-    from pipeline.decode import clean_error
+    from tsa.pipeline.decode import clean_error
 
     batch["ok"] = np.array(batch["ok"], dtype=bool)  # a writable copy
     rows = _ok_rows(batch)
@@ -115,17 +102,17 @@ class TeacherStage:
     """teacher_in float32 [B, 3, T, h, w] -> teacher float32 [B, N, dim]."""
 
     def __init__(self, cfg_dict: dict[str, Any], cache_dir: Optional[str] = None):
-        from models.teacher import load_teacher
+        from tsa.models.teacher import load_teacher
 
         self.cfg = _resolved(cfg_dict, cache_dir)
-        self.device = stage_device(self.cfg.preprocess.teacher.num_gpus)
-        dtype = stage_dtype(self.cfg, self.device)
+        self.device = encoder_device(self.cfg.preprocess.teacher.num_gpus)
+        dtype = encoder_dtype(self.cfg, self.device)
         self.model = load_teacher(self.cfg.models.teacher, self.cfg.geometry, self.device, dtype)
         g = self.cfg.geometry.teacher_grid
         self.out_shape = (g[0] * g[1] * g[2], self.cfg.models.teacher.dim)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from models.teacher import teacher_features
+        from tsa.models.teacher import teacher_features
 
         inputs = batch.pop("teacher_in")
         out = np.zeros((len(inputs), *self.out_shape), np.float32)
@@ -155,13 +142,13 @@ class VaeStage:
     (z - mean) / std for Wan; noise seeded from the key) or latent_mean + latent_logvar (raw)."""
 
     def __init__(self, cfg_dict: dict[str, Any], cache_dir: Optional[str] = None):
-        from models.family import student_family
+        from tsa.models.family import student_family
 
         self.cfg = _resolved(cfg_dict, cache_dir)
         self.family = student_family(self.cfg)
         p = self.cfg.preprocess
-        self.device = stage_device(p.vae.num_gpus)
-        vae = self.family.load_vae(self.cfg.models.vae, stage_dtype(self.cfg, self.device))
+        self.device = encoder_device(p.vae.num_gpus)
+        vae = self.family.load_vae(self.cfg.models.vae, encoder_dtype(self.cfg, self.device))
         self.dtype = vae.dtype  # the family's choice (Wan: float32 whatever preprocess.dtype says)
         if p.vae_slicing:
             vae.enable_slicing()
@@ -202,29 +189,18 @@ class VaeStage:
 
 
 class TextStage:
-    """caption -> text float32 [B, L, D]: the family's text encoder (T5 for CogVideoX, UMT5 for
-    Wan) over L tokens, as the family's own pipeline computes it (models/<family>.py)."""
+    """caption -> text float32 [B, L, D] (models/text.py)."""
 
     def __init__(self, cfg_dict: dict[str, Any], cache_dir: Optional[str] = None):
-        from models.family import student_family
+        from tsa.models.text import TextEncoder
 
         self.cfg = _resolved(cfg_dict, cache_dir)
-        self.family = student_family(self.cfg)
-        self.device = stage_device(self.cfg.preprocess.text.num_gpus)
-        dtype = stage_dtype(self.cfg, self.device)
-        self.tokenizer = self.family.load_tokenizer(self.cfg.models.tokenizer)
-        self.encoder = self.family.load_text_encoder(self.cfg.models.text_encoder, dtype).to(self.device).eval()
-        self.encoder.requires_grad_(False)
-        self.shape = tuple(self.cfg.geometry.text_shape)
+        self.text = TextEncoder(self.cfg, encoder_device(self.cfg.preprocess.text.num_gpus))
+        self.shape = self.text.shape
 
     def encode(self, captions: list[str]) -> np.ndarray:
         """captions -> float32 [B, L, D]."""
-        out = self.family.encode_text(self.tokenizer, self.encoder, captions, self.shape[0], self.device)
-        out = out.float().cpu().numpy()
-        if tuple(out.shape[1:]) != self.shape:
-            raise RuntimeError(f"text encoder output {tuple(out.shape[1:])} != config geometry.text_shape "
-                               f"{self.shape}: models.text_encoder does not match geometry.text_dim")
-        return out
+        return self.text.encode(captions)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = np.zeros((len(batch["ok"]), *self.shape), np.float32)

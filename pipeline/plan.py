@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from configs.schema import Config
+from tsa.configs.schema import Config
 
 MODEL_STAGES = ("vae", "teacher", "text")  # pipeline order
 CHECK_CLIPS = 8  # clips each node opens in the storage check
@@ -94,7 +94,7 @@ def node_storage_problems(src: str, clips: list[str], out: str) -> list[str]:
         except OSError as e:
             problems.append(f"cannot read {path} ({e.strerror or type(e).__name__})")
             break
-    if not out:  # an output in a bucket: only the driver writes (pipeline/remote_out.py)
+    if not out:  # an output in a bucket: only the driver writes (shards/remote_out.py)
         return problems
     probe = os.path.join(out, f".tsa-write-check-{uuid.uuid4().hex}")
     try:

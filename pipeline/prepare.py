@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from configs.schema import Config, config_from_dict
-from pipeline.decode import DecodeError, clean_error
-from pipeline.decode_proc import decode_with_timeout
-from pipeline.encode import preview_jpeg
-from pipeline.remote_src import local_copy
+from tsa.configs.schema import Config, config_from_dict
+from tsa.pipeline.decode import DecodeError, clean_error
+from tsa.pipeline.decode_proc import decode_with_timeout
+from tsa.shards.encode import preview_jpeg
+from tsa.pipeline.remote_src import local_copy
 
 
 def manifest_row(item: dict[str, Any], status: str, error: str | None, clip=None) -> dict[str, Any]:
@@ -53,8 +53,8 @@ class Prepare:
         self.cfg = config_from_dict(cfg_dict)
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
-        from models.teacher import preprocess_frames
-        from tsa_core import motion_map, topk_mask
+        from tsa.models.teacher import preprocess_frames
+        from tsa.core import motion_map, topk_mask
 
         cfg = self.cfg
         base = {"index": item["index"], "key": item["key"], "caption": item["caption"] or ""}

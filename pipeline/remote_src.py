@@ -21,7 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Optional
 
-from pipeline.storage import RemoteStore, StorageError, _filesystem_class, is_url, resolve
+from tsa.pipeline.csv_table import CsvError
+from tsa.pipeline.selection import SelectionError
+from tsa.pipeline.sources import (OUTSIDE, Layout, Selection, SourceError, _check_found, _csv_entries, _escapes,
+                                  _items, _openvid_pair, _read_subset, describe)
+from tsa.shards.storage import RemoteStore, StorageError, _filesystem_class, is_url, resolve
 
 _STORES: dict[str, RemoteStore] = {}  # scheme -> store, per process (a decode worker keeps its filesystem)
 
@@ -37,8 +41,6 @@ def _store(url: str) -> RemoteStore:
 
 def _list_csvs(store: RemoteStore, url: str) -> list[str]:
     """SRC/*.csv, else SRC/data/train/*.csv; OpenVidHD.csv dropped next to OpenVid-1M.csv (as locally)."""
-    from pipeline.sources import _openvid_pair
-
     for folder in (url, posixpath.join(url, "data", "train")):
         names = sorted(n for n in store.list_sizes(folder) if n.lower().endswith(".csv"))
         if names:
@@ -48,11 +50,7 @@ def _list_csvs(store: RemoteStore, url: str) -> list[str]:
 
 
 def select_remote_inputs(src: str, subset, limit, *, csvs, videos, where, sample, seed):
-    """`pipeline.sources.select_inputs` for a `--src` URL (same arguments, same Selection)."""
-    from pipeline.sources import (Layout, Selection, SourceError, _check_found, _csv_entries, _items,
-                                  _read_subset, describe)
-    from pipeline.csv_table import CsvError
-    from pipeline.selection import SelectionError
+    """`pipeline.inputs.select_inputs` for a `--src` URL (same arguments, same Selection)."""
 
     url = resolve(src)
     if csvs or videos:
@@ -111,8 +109,6 @@ class _Resolver:
         return self.names[folder]
 
     def __call__(self, dirs: Any, video: str) -> tuple[str, Optional[str]]:
-        from pipeline.sources import OUTSIDE, _escapes
-
         if _escapes(video):
             return "", f"{OUTSIDE}: {video}"
         tried = []
@@ -131,7 +127,7 @@ def local_copy(path: str) -> Iterator[str]:
     if not is_url(path):
         yield path
         return
-    from pipeline.decode import DecodeError
+    from tsa.pipeline.decode import DecodeError
 
     fd, tmp = tempfile.mkstemp(prefix="tsa-clip-", suffix=os.path.splitext(path)[1])
     os.close(fd)

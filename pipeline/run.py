@@ -16,23 +16,24 @@ message naming what waits when no row arrives for `preprocess.stall_timeout_s`.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from configs.schema import Config
-from pipeline.dataset_info import (
+from tsa.configs.schema import Config
+from tsa.shards.dataset_info import (
     build_dataset_info,
     check_same_output,
     inputs_fingerprint,
     read_dataset_info,
 )
-from pipeline.layout import DATASET_JSON, MANIFEST, MASKS, SHARDS_DIR, TMP_SUFFIX, shard_marker, shard_of
-from pipeline.selection import SUBSET_FILE
-from pipeline.sources import ClipItem, select_inputs
-from pipeline.writer import remove_partial_shards, write_json_atomic
+from tsa.shards.layout import DATASET_JSON, MANIFEST, MASKS, SHARDS_DIR, SUBSET_FILE, TMP_SUFFIX, shard_marker, shard_of
+from tsa.pipeline.inputs import select_inputs
+from tsa.pipeline.sources import ClipItem
+from tsa.shards.writer import remove_partial_shards, write_json_atomic
 
 
 class PreprocessError(RuntimeError):
@@ -167,7 +168,7 @@ def start_ray(address: Optional[str]) -> tuple[bool, float]:
     t0 = time.perf_counter()
     if ray.is_initialized():
         return False, 0.0
-    from models.tiny import cache_root
+    from tsa.models.cache import cache_root
 
     quiet_ray_loggers()
     if address not in (None, "auto", "local"):
@@ -175,7 +176,10 @@ def start_ray(address: Optional[str]) -> tuple[bool, float]:
         if why:
             raise PreprocessError(f"--ray-address {address}: cannot reach the Ray cluster ({why})")
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+        # No --ray-address: RAY_ADDRESS (set by `ray job submit`) or a new local Ray, never a
+        # `ray start` cluster that happens to run on this machine (ray.init()'s own default).
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                 log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": {"TSA_CACHE": str(cache_root())}} if address is None else None)
     except Exception as e:  # AuthenticationError, ConnectionError, a wrong address: one clear line each
         ray.shutdown()
@@ -219,8 +223,8 @@ def build_dataset(items: list[ClipItem], cfg: Config, actors: Optional[dict[str,
     pool size per model stage (pipeline.plan.make_plan); default: the config's integers, 1 for auto."""
     from ray.data import ActorPoolStrategy
 
-    from models.tiny import cache_root
-    from pipeline.encoders import TeacherStage, TextStage, VaeStage
+    from tsa.models.cache import cache_root
+    from tsa.pipeline.encoders import TeacherStage, TextStage, VaeStage
 
     ds = prepare_dataset(items, cfg)
     p = cfg.preprocess
@@ -247,7 +251,7 @@ def _prepare_row(row: dict[str, Any], cfg_dict: dict[str, Any]) -> dict[str, Any
     """Dataset.map function: rebuilds the item's extras and runs Prepare (cached per worker)."""
     import json
 
-    from pipeline.prepare import Prepare
+    from tsa.pipeline.prepare import Prepare
 
     tag = _dumps(cfg_dict)
     prep = _PREPARE_CACHE.get(tag)
@@ -281,9 +285,9 @@ def write_rows(out: Path, rows, items: list[ClipItem], cfg: Config,
 
     import numpy as np
 
-    from pipeline.encode import encode_sample
-    from pipeline.layout import member_specs
-    from pipeline.writer import ShardAssembler
+    from tsa.shards.encode import encode_sample
+    from tsa.shards.layout import member_specs
+    from tsa.shards.writer import ShardAssembler
 
     sps = cfg.preprocess.samples_per_shard
     total = total if total is not None else (max(it.index for it in items) + 1 if items else 0)
@@ -471,7 +475,7 @@ def clip_list_fingerprint(items: list[ClipItem]) -> str:
 def _retry_rows(out: Path, items: list[ClipItem], done: set[int], sps: int
                 ) -> tuple[list[ClipItem], dict[int, dict[str, Any]]]:
     """--retry-failed: the failed items of finished shards, and those shards' markers."""
-    from pipeline.reader import read_marker
+    from tsa.shards.reader import read_marker
 
     by_index = {it.index: it for it in items}
     redo: list[ClipItem] = []
@@ -494,17 +498,17 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
                    on_notice: Optional[Callable[[str], None]] = None, **inputs: Any) -> RunResult:
     """Preprocess the clips in `src` into `out`. `cfg` is used with its model refs as written
     (e.g. `tiny`); they are resolved for hashing here and inside each actor. `inputs`: the other
-    input options of `pipeline.sources.select_inputs` (csvs, videos, where, sample, seed).
+    input options of `pipeline.inputs.select_inputs` (csvs, videos, where, sample, seed).
 
     `on_start(todo_clips, total_clips)`, `on_row(manifest_row)`, `on_plan(lines)` and
     `on_notice(line)` (a node left the cluster) drive the display. `retry_failed` also re-processes the failed rows of finished shards, in place.
 
     `out` may be a URL (`s3://bucket/prefix`, `gs://...`): the run works in a local staging folder
     (`staging`, default under $TMPDIR) and commits each shard to the bucket by uploading its tar,
-    then its marker (pipeline/remote_out.py).
+    then its marker (shards/remote_out.py).
     """
-    from pipeline.remote_out import RemoteOutput, RemoteOutputError
-    from pipeline.storage import StorageError, is_url
+    from tsa.shards.remote_out import RemoteOutput, RemoteOutputError
+    from tsa.shards.storage import StorageError, is_url
 
     if retry_failed and overwrite:
         raise PreprocessError("--retry-failed and --overwrite exclude each other")
@@ -534,11 +538,11 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
 
     import ray
 
-    from models.tiny import resolve_tiny
-    from pipeline.finalize import finalize
-    from models.refs import model_records, vae_normalization
-    from pipeline.plan import check_storage, cluster_totals, make_plan, readable_sample
-    from pipeline.remote_out import RemoteOutputError
+    from tsa.models.tiny import resolve_tiny
+    from tsa.shards.finalize import finalize
+    from tsa.models.refs import model_records, vae_normalization
+    from tsa.pipeline.plan import check_storage, cluster_totals, make_plan, readable_sample
+    from tsa.shards.remote_out import RemoteOutputError
 
     if remote is not None:
         try:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-SUBSET_FILE = "subset.txt"
+from tsa.shards.layout import SUBSET_FILE
+
 OPERATORS = (">=", "<=", "==", "!=", ">", "<")
 _CONDITION = re.compile(r"^\s*(.+?)\s*(>=|<=|==|!=|>|<)\s*(.*?)\s*$", re.S)
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from pipeline.csv_table import CsvError, read_csv_table, rows as table_rows
-from pipeline.layout import base_key, disambiguated_key, extra_column_name
-from pipeline.selection import (
+from tsa.pipeline.csv_table import CsvError, read_csv_table, rows as table_rows
+from tsa.shards.layout import base_key, disambiguated_key, extra_column_name
+from tsa.pipeline.selection import (
     SelectionError,
     condition_mask,
     describe,
@@ -40,7 +40,6 @@ from pipeline.selection import (
     subset_mask,
     write_subset_file,
 )
-from pipeline.storage import is_url
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"}
 OPENVID_CSV, OPENVID_HD_CSV = "OpenVid-1M.csv", "OpenVidHD.csv"
@@ -284,23 +283,10 @@ def _folder_select(entries: list[dict[str, Any]], subset: Optional[set[str]], sa
     return entries if limit is None else entries[:limit]
 
 
-def select_inputs(src: Optional[str | Path] = None, subset: Optional[str | Path] = None, limit: Optional[int] = None,
-                  *, csvs: Optional[list[str | Path]] = None, videos: Optional[str | Path] = None,
-                  where: Optional[list[str]] = None, sample: Optional[int] = None,
-                  seed: Optional[int] = None) -> Selection:
-    """The ordered input list after --subset, --where, --sample and --limit, with unique keys.
-    Raises SourceError for anything that is not a per-clip problem (see module docstring)."""
-    if limit is not None and limit < 0:
-        raise SourceError(f"--limit {limit}: must be >= 0")
-    if sample is not None and sample < 1:
-        raise SourceError(f"--sample {sample}: must be >= 1")
-    if seed is not None and sample is None:
-        raise SourceError("--seed only applies to --sample N")
-    if src is not None and is_url(str(src)):
-        from pipeline.remote_src import select_remote_inputs
-
-        return select_remote_inputs(str(src), subset, limit, csvs=csvs, videos=videos, where=where, sample=sample,
-                                    seed=seed)
+def select_local_inputs(src: Optional[str | Path], subset: Optional[str | Path], limit: Optional[int], *,
+                        csvs: Optional[list[str | Path]], videos: Optional[str | Path], where: Optional[list[str]],
+                        sample: Optional[int], seed: Optional[int]) -> Selection:
+    """`pipeline.inputs.select_inputs` for a local `--src` (or `--csv`/`--videos`), arguments already checked."""
     seed = 0 if seed is None else seed
     where = list(where or [])
     try:
@@ -348,10 +334,3 @@ def _items(entries: list[dict[str, Any]]) -> list[ClipItem]:
         items.append(ClipItem(index=i, key=key, video=video, path=e["path"], caption=e["caption"],
                               status=status, error=error, extras=extras))
     return items
-
-
-def list_clips(src: Optional[str | Path] = None, subset: Optional[str | Path] = None, limit: Optional[int] = None,
-               **options: Any) -> list[ClipItem]:
-    """`select_inputs(...).items`: the ordered input list (options: csvs, videos, where,
-    sample, seed)."""
-    return select_inputs(src, subset, limit, **options).items

@@ -21,7 +21,7 @@ def _tsa_cache(tmp_path_factory):
 @pytest.fixture
 def tiny_cfg():
     """A fresh copy of configs/tiny.yaml (tests may mutate it)."""
-    from configs import load_config
+    from tsa.configs import load_config
 
     return load_config("tiny")
 

@@ -1,6 +1,6 @@
 import pytest
 
-from configs import ConfigError, load_config
+from tsa.configs import ConfigError, load_config
 
 
 def test_paper_defaults_need_teacher_checkpoint():

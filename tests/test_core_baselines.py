@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tsa_core import repa_loss, trd_loss
+from tsa.core import repa_loss, trd_loss
 
 
 def ref_trd(student, teacher, margin, query_index=None):

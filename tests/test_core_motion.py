@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tsa_core import mask_to_index, motion_map, topk_count, topk_mask
+from tsa.core import mask_to_index, motion_map, topk_count, topk_mask
 
 
 def ref_motion(video, tubelet):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from tsa_core import Projector
+from tsa.core import Projector
 
 
 def test_paper_geometry():

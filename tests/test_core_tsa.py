@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tsa_core import correspondence_probs, mask_to_index, topk_mask, tsa_loss
+from tsa.core import correspondence_probs, mask_to_index, topk_mask, tsa_loss
 
 GRIDS = [(1, 2, 3), (2, 3, 4), (3, 4, 5), (4, 2, 2)]
 TAUS = [1.0, 0.1, 0.03]

@@ -13,11 +13,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli import app
-from configs import ConfigError, load_config
-from models.tiny import resolve_tiny, tiny_fingerprint
-from models.cogvideox import FAMILY as COGVIDEOX
-from models.student import Student, build_projector, build_student
+from tsa.cli import app
+from tsa.configs import ConfigError, load_config
+from tsa.models.tiny import resolve_tiny, tiny_fingerprint
+from tsa.models.cogvideox import FAMILY as COGVIDEOX
+from tsa.models.student import Student, build_projector, build_student
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -115,7 +115,7 @@ def test_a_time_grid_without_a_whole_upsampling_factor_is_refused():
 
 
 def test_sample_defaults_to_the_run_s_geometry():
-    from evaluate.sample import default_geometry
+    from tsa.evaluate.sample import default_geometry
 
     assert default_geometry(_paper("cogvideox15_5b_mtsa")) == (81, 768, 1360)
     assert default_geometry(_paper("cogvideox5b_mtsa")) == (49, 480, 720)
@@ -124,7 +124,7 @@ def test_sample_defaults_to_the_run_s_geometry():
 def test_older_configs_keep_their_fingerprints():
     """New geometry and tiny-architecture keys at their defaults change neither the tiny model
     folder nor a preprocess output's config fingerprint (older outputs still resume)."""
-    from pipeline.dataset_info import fingerprinted_config
+    from tsa.shards.dataset_info import fingerprinted_config
 
     tiny = load_config("tiny")
     assert tiny_fingerprint(tiny) == "ebd01d6886ab6539"  # the value before families existed
@@ -188,7 +188,7 @@ def test_tiny_1_5_student_pads_the_latent_in_front_and_drops_the_pad_prediction(
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    from pipeline.sample_clips import make_sample_clips
+    from tsa.testing.sample_clips import make_sample_clips
 
     return make_sample_clips(tmp_path_factory.mktemp("family_clips"), n=2, seed=4, broken=False)
 
@@ -196,7 +196,7 @@ def clips(tmp_path_factory):
 @pytest.fixture(scope="module", params=["tiny_cogvideox5b", "tiny_cogvideox15"])
 def family(request, ray_local, clips, tmp_path_factory):
     """One preprocess output (two clips, one a shard) of the family's tiny config."""
-    from pipeline.run import run_preprocess
+    from tsa.pipeline.run import run_preprocess
 
     name = request.param
     out = tmp_path_factory.mktemp(name) / "shards"

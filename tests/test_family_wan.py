@@ -12,13 +12,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli import app
-from configs import ConfigError, load_config
-from models.family import ModelError, student_family
-from models.objectives import FlowMatchObjective
-from models.student import build_projector, build_student
-from models.tiny import resolve_tiny
-from models.wan import FAMILY as WAN, WAN21_SCHEDULER
+from tsa.cli import app
+from tsa.configs import ConfigError, load_config
+from tsa.models.family import ModelError, student_family
+from tsa.models.objectives import FlowMatchObjective
+from tsa.models.student import build_projector, build_student
+from tsa.models.tiny import resolve_tiny
+from tsa.models.wan import FAMILY as WAN, WAN21_SCHEDULER
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -118,7 +118,7 @@ def test_release_sampler_feeds_the_trained_timestep_convention_and_integrates_th
 def test_text_embeddings_equal_the_pipelines_and_the_preprocess_stage(tiny):
     from diffusers import WanPipeline
 
-    from pipeline.encoders import TextStage
+    from tsa.pipeline.encoders import TextStage
 
     pipe = WanPipeline.from_pretrained(tiny.models.student)
     length = tiny.geometry.text_length
@@ -156,9 +156,9 @@ def test_moments_give_the_stored_sample_with_per_channel_normalisation(tiny):
     sample of moments-mode arrays with dataset.json's latent_norm and the same eps gives it back."""
     import numpy as np
 
-    from models.refs import vae_normalization
-    from pipeline.encoders import VaeStage, key_seed
-    from train.loss import posterior_sample
+    from tsa.models.refs import vae_normalization
+    from tsa.pipeline.encoders import VaeStage, key_seed
+    from tsa.train.loss import posterior_sample
 
     g = tiny.geometry
     frames = np.random.default_rng(1).integers(0, 256, (1, g.num_frames, g.height, g.width, 3), dtype=np.uint8)
@@ -178,7 +178,7 @@ def test_moments_give_the_stored_sample_with_per_channel_normalisation(tiny):
     ref = torch.stack([(z[c] - vae_config["latents_mean"][c]) / vae_config["latents_std"][c] for c in range(16)])
     torch.testing.assert_close(torch.from_numpy(sample).double(), ref, rtol=1e-5, atol=1e-5)
     # The trainer's draw from moments (its own seeded eps), against a float64 per-channel reference.
-    from train.loss import sample_seed
+    from tsa.train.loss import sample_seed
 
     scale, shift = (torch.tensor(norm[k]).view(-1, 1, 1, 1) for k in ("scale", "shift"))
     drawn = posterior_sample(torch.from_numpy(mean), torch.from_numpy(logvar), 0, 7, scale, shift)
@@ -252,8 +252,8 @@ def _video(path: Path) -> tuple[list, float]:
 
 @pytest.fixture(scope="module")
 def wan_shards(ray_local, tmp_path_factory):
-    from pipeline.run import run_preprocess
-    from pipeline.sample_clips import make_sample_clips
+    from tsa.pipeline.run import run_preprocess
+    from tsa.testing.sample_clips import make_sample_clips
 
     root = tmp_path_factory.mktemp("wan")
     clips = make_sample_clips(root / "clips", n=2, seed=5, broken=False)
@@ -316,7 +316,7 @@ def test_train_then_sample(wan_shards, lora, tmp_path):
 
 @pytest.mark.slow
 def test_moments_shards_record_the_per_channel_norm_and_train(ray_local, wan_shards, tiny, tmp_path):
-    from pipeline.run import run_preprocess
+    from tsa.pipeline.run import run_preprocess
 
     clips = wan_shards.root / "clips"
     out = tmp_path / "moments"

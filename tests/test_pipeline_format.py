@@ -12,11 +12,11 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from pipeline.encode import dequantize_int8, quantize_int8
-from pipeline.layout import MANIFEST_COLUMNS, member_specs, shard_tar
-from pipeline.reader import NotAnOutput, iter_shard_paths, open_output, read_sample
-from pipeline.synthetic import make_synthetic_dataset
-from pipeline.writer import ShardWriter, remove_partial_shards
+from tsa.shards.encode import dequantize_int8, quantize_int8
+from tsa.shards.layout import MANIFEST_COLUMNS, member_specs, shard_tar
+from tsa.shards.reader import NotAnOutput, iter_shard_paths, open_output, read_sample
+from tsa.testing.synthetic import make_synthetic_dataset
+from tsa.shards.writer import ShardWriter, remove_partial_shards
 
 DATASET_KEYS = {"format_version", "tool_version", "config", "config_fingerprint", "geometry", "frame_rule",
                 "latents", "scaling_factor", "teacher_dtype", "mask_ratio", "members", "models",
@@ -25,7 +25,7 @@ DATASET_KEYS = {"format_version", "tool_version", "config", "config_fingerprint"
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    from configs import load_config
+    from tsa.configs import load_config
 
     cfg = load_config("tiny")  # samples_per_shard 4
     out = make_synthetic_dataset(tmp_path_factory.mktemp("synth") / "out", cfg, n=9, seed=3, n_failed=2)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.reader import open_output
-from pipeline.run import RunStalled, run_preprocess
-from pipeline.sample_clips import make_sample_clips
+from tsa.shards.reader import open_output
+from tsa.pipeline.run import RunStalled, run_preprocess
+from tsa.testing.sample_clips import make_sample_clips
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ def test_losing_a_node_finishes_or_stops_clearly_then_resumes(tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
-    from configs import load_config
+    from tsa.configs import load_config
 
     assert not ray.is_initialized()
     clips = make_sample_clips(tmp_path / "clips", n=4, seed=5, broken=False)

@@ -23,10 +23,10 @@ from processes import kill_session
 import torch
 from PIL import Image
 
-from pipeline.decode import decode_clip, frame_indices
-from pipeline.reader import iter_shard_paths, open_output, read_sample
-from pipeline.run import run_preprocess
-from pipeline.sample_clips import BROKEN, make_sample_clips
+from tsa.pipeline.decode import decode_clip, frame_indices
+from tsa.shards.reader import iter_shard_paths, open_output, read_sample
+from tsa.pipeline.run import run_preprocess
+from tsa.testing.sample_clips import BROKEN, make_sample_clips
 
 pytestmark = pytest.mark.slow
 SPS = ["preprocess.samples_per_shard=2"]  # 12 inputs -> 6 shards: room to kill between two of them
@@ -39,7 +39,7 @@ def clips(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cfg():
-    from configs import load_config
+    from tsa.configs import load_config
 
     return load_config("tiny", SPS)
 
@@ -93,10 +93,10 @@ def test_arrays_equal_direct_model_calls(ref, cfg, clips):
     """The Ray pipeline stores what the models give when called directly on the decoded clip."""
     import copy
 
-    from models.tiny import resolve_tiny
-    from pipeline.encoders import TextStage, VaeStage
-    from models.teacher import load_teacher, preprocess_frames, teacher_features
-    from tsa_core import motion_map, topk_mask
+    from tsa.models.tiny import resolve_tiny
+    from tsa.pipeline.encoders import TextStage, VaeStage
+    from tsa.models.teacher import load_teacher, preprocess_frames, teacher_features
+    from tsa.core import motion_map, topk_mask
 
     out, _ = ref
     s = read_sample(out, "portrait")
@@ -118,8 +118,8 @@ def test_arrays_equal_direct_model_calls(ref, cfg, clips):
 
 
 def test_rerun_does_nothing_and_other_config_is_refused(ref, clips, cfg):
-    from configs import load_config
-    from pipeline.dataset_info import OutputMismatch
+    from tsa.configs import load_config
+    from tsa.shards.dataset_info import OutputMismatch
 
     out, _ = ref
     again = run_preprocess(clips, out, cfg)
@@ -131,7 +131,7 @@ def test_rerun_does_nothing_and_other_config_is_refused(ref, clips, cfg):
 def test_cli_errors_exit_2(ref, clips, tmp_path):
     from typer.testing import CliRunner
 
-    from cli import app
+    from tsa.cli import app
 
     out, _ = ref
     runner = CliRunner()
@@ -156,7 +156,7 @@ def test_sigkill_then_resume_equals_uninterrupted(ref, clips, cfg, tmp_path):
            "preprocess.teacher.batch_size=1", "--no-progress"]
     # The last decodable clip hangs in its decode child (pipeline/hooks.py) until the kill, so the
     # killed run cannot have finished every shard however fast the machine is.
-    from pipeline.sources import list_clips
+    from tsa.pipeline.inputs import list_clips
 
     last = [it for it in list_clips(clips) if it.status == "ok"][-1]
     hooks = tmp_path / "hooks.json"

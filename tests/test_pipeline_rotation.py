@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.decode import crop_box, decode_clip, probe_rotation, rotate_frames, still_stored
+from tsa.pipeline.decode import crop_box, decode_clip, probe_rotation, rotate_frames, still_stored
 
 COLOURS = {"tl": (255, 0, 0), "tr": (0, 255, 0), "bl": (0, 0, 255), "br": (255, 255, 0)}
 
@@ -163,7 +163,7 @@ def test_rotate_frames_and_still_stored():
 
 
 def test_meta_json_and_manifest_record_rotation_and_upright_size(rotated, tiny_cfg):
-    from pipeline.prepare import Prepare
+    from tsa.pipeline.prepare import Prepare
 
     item = {"index": 0, "key": "rot90", "video": "rot90.mp4", "path": str(rotated[90]), "caption": "a phone clip",
             "status": "ok", "error": None, "extras": {}}

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.layout import shard_marker, shard_tar
-from pipeline.writer import ShardAssembler, ShardWriter
+from tsa.shards.layout import shard_marker, shard_tar
+from tsa.shards.writer import ShardAssembler, ShardWriter
 
 
 def _members(i: int) -> dict[str, bytes]:
@@ -54,7 +54,7 @@ def test_assembler_any_order_gives_the_in_order_bytes(tmp_path):
 def test_assembler_keep_replaces_failed_rows_in_place(tmp_path):
     """--retry-failed: a finished shard with failed rows is rebuilt from its stored bytes plus the
     redone rows, equal to a shard written whole; the old marker goes before the tar is replaced."""
-    from pipeline.reader import read_marker
+    from tsa.shards.reader import read_marker
 
     n, sps = 4, 4
     _in_order(tmp_path / "ref", n, sps)
@@ -87,7 +87,7 @@ def _batch(n: int) -> dict[str, np.ndarray]:
 
 
 def test_model_stage_error_fails_only_its_clip():
-    from pipeline.encoders import run_rows
+    from tsa.pipeline.encoders import run_rows
 
     batch, out, calls = _batch(4), np.zeros(4), []
 
@@ -106,7 +106,7 @@ def test_model_stage_error_fails_only_its_clip():
 
 
 def test_injected_stage_failure_through_a_real_stage(tmp_path, monkeypatch, tiny_cfg):
-    from pipeline.encoders import TextStage
+    from tsa.pipeline.encoders import TextStage
 
     hooks = tmp_path / "hooks.json"
     hooks.write_text(json.dumps({"raise_stage": "text:k2"}))
@@ -121,9 +121,9 @@ def test_injected_stage_failure_through_a_real_stage(tmp_path, monkeypatch, tiny
 
 
 def test_decode_timeout_kills_a_native_hang_and_recovers(tmp_path, monkeypatch, tiny_cfg):
-    from pipeline.decode import DecodeError, decode_clip
-    from pipeline.decode_proc import DecodeClient
-    from pipeline.sample_clips import make_sample_clips
+    from tsa.pipeline.decode import DecodeError, decode_clip
+    from tsa.pipeline.decode_proc import DecodeClient
+    from tsa.testing.sample_clips import make_sample_clips
 
     clips = make_sample_clips(tmp_path / "clips", n=2, seed=1, broken=False)
     a, b = sorted((clips / "videos").iterdir())[:2]
@@ -146,8 +146,8 @@ def test_decode_timeout_kills_a_native_hang_and_recovers(tmp_path, monkeypatch, 
 
 
 def test_plan_sizes_pools_from_the_cluster():
-    from configs import load_config
-    from pipeline.plan import make_plan
+    from tsa.configs import load_config
+    from tsa.pipeline.plan import make_plan
 
     cfg = load_config("cogvideox2b_mtsa", optional=["models.teacher.checkpoint"])
     plan = make_plan(cfg, nodes=2, cpus=128, gpus=16, num_clips=64000)
@@ -165,7 +165,7 @@ def test_plan_sizes_pools_from_the_cluster():
 
 
 def test_storage_problems_name_the_path(tmp_path):
-    from pipeline.plan import node_storage_problems
+    from tsa.pipeline.plan import node_storage_problems
 
     clip = tmp_path / "a.mp4"
     clip.write_bytes(b"x")
@@ -178,7 +178,7 @@ def test_storage_problems_name_the_path(tmp_path):
 
 
 def test_watchdog_names_the_stall():
-    from pipeline.run import RunStalled, iter_with_watchdog
+    from tsa.pipeline.run import RunStalled, iter_with_watchdog
 
     def rows():
         yield 1
@@ -201,7 +201,7 @@ def test_watchdog_names_the_stall():
 
 
 def test_watchdog_polls_and_reports_a_lost_node():
-    from pipeline.run import NodeWatch, RunStalled, iter_with_watchdog
+    from tsa.pipeline.run import NodeWatch, RunStalled, iter_with_watchdog
 
     class FakeRay:
         def __init__(self):
@@ -225,7 +225,7 @@ def test_watchdog_polls_and_reports_a_lost_node():
 
 
 def test_exit_rule():
-    from pipeline.run import RunResult
+    from tsa.pipeline.run import RunResult
 
     def r(ok, failed, skipped=0, frac=0.5):
         return RunResult(out=None, total=ok + failed + skipped, counts={"ok": ok, "failed": failed,
@@ -241,8 +241,8 @@ def test_exit_rule():
 def test_unreachable_cluster_is_a_quick_error_before_writing(tmp_path, tiny_cfg):
     import ray
 
-    from pipeline.run import PreprocessError, run_preprocess
-    from pipeline.sample_clips import make_sample_clips
+    from tsa.pipeline.run import PreprocessError, run_preprocess
+    from tsa.testing.sample_clips import make_sample_clips
 
     clips = make_sample_clips(tmp_path / "clips", n=1, seed=1, broken=False)
     assert not ray.is_initialized()
@@ -252,8 +252,8 @@ def test_unreachable_cluster_is_a_quick_error_before_writing(tmp_path, tiny_cfg)
 
 
 def test_retry_and_overwrite_exclude_each_other(tmp_path, tiny_cfg):
-    from pipeline.run import PreprocessError, run_preprocess
-    from pipeline.sample_clips import make_sample_clips
+    from tsa.pipeline.run import PreprocessError, run_preprocess
+    from tsa.testing.sample_clips import make_sample_clips
 
     clips = make_sample_clips(tmp_path / "clips", n=1, seed=1, broken=False)
     with pytest.raises(PreprocessError, match="exclude each other"):
@@ -269,7 +269,7 @@ def test_a_refused_token_is_named(monkeypatch):
     import ray._raylet
     from ray.exceptions import AuthenticationError
 
-    from pipeline.run import _refused
+    from tsa.pipeline.run import _refused
 
     class Refusing:
         def __init__(self, address):
@@ -292,8 +292,8 @@ def test_a_kill_while_a_retried_shard_is_published_leaves_it_to_be_redone(tmp_pa
     """--retry-failed replaces a finished shard: its old marker goes first, so a kill before the
     new tar and marker are in place leaves no marker, and the next run redoes the shard whole
     (never an old marker over a new tar, or the reverse)."""
-    from pipeline.reader import read_marker
-    from pipeline.writer import remove_partial_shards
+    from tsa.shards.reader import read_marker
+    from tsa.shards.writer import remove_partial_shards
 
     out = tmp_path / "out"
     _in_order(out, 4, 4, failed={2})

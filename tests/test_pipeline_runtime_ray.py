@@ -18,9 +18,9 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.reader import iter_shard_paths, open_output
-from pipeline.run import run_preprocess
-from pipeline.sample_clips import make_sample_clips
+from tsa.shards.reader import iter_shard_paths, open_output
+from tsa.pipeline.run import run_preprocess
+from tsa.testing.sample_clips import make_sample_clips
 
 pytestmark = pytest.mark.slow
 OPTS = ["preprocess.samples_per_shard=2", "preprocess.decode.timeout_s=20"]
@@ -51,7 +51,7 @@ def clips(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cfg():
-    from configs import load_config
+    from tsa.configs import load_config
 
     return load_config("tiny", OPTS)
 
@@ -92,7 +92,7 @@ def test_faults_fail_their_clips_then_retry_failed_repairs_in_place(ray_local, h
 def test_every_clip_failed_exits_1_with_reasons(ray_local, hooks, tmp_path):
     from typer.testing import CliRunner
 
-    from cli import app
+    from tsa.cli import app
 
     hooks.write_text("{}")
     src = make_sample_clips(tmp_path / "broken", n=0, broken=True)
@@ -107,7 +107,7 @@ def test_every_clip_failed_exits_1_with_reasons(ray_local, hooks, tmp_path):
 
 
 def test_storage_check_names_node_and_path(ray_local, tmp_path):
-    from pipeline.plan import check_storage
+    from tsa.pipeline.plan import check_storage
 
     clip = tmp_path / "a.mp4"
     clip.write_bytes(b"x")
@@ -133,8 +133,8 @@ def test_healthy_cli_run_prints_the_plan_and_no_ray_noise(tmp_path):
 def test_a_stalled_run_stops_with_a_message_naming_what_waits(ray_local, hooks, clips, tmp_path):
     """The state a lost node leaves (the restarted actors hold the CPUs the decode tasks need),
     made on purpose: decode tasks ask for both CPUs of the node, the actor pools for 0.75."""
-    from configs import load_config
-    from pipeline.run import RunStalled, _running_executors
+    from tsa.configs import load_config
+    from tsa.pipeline.run import RunStalled, _running_executors
 
     hooks.write_text("{}")
     cfg = load_config("tiny", OPTS + ["preprocess.decode.num_cpus=2", "preprocess.stall_timeout_s=20"])

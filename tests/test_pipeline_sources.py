@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.sources as sources
-from pipeline.run import clip_list_fingerprint
-from pipeline.sources import SourceError, list_clips, select_inputs
+import tsa.pipeline.sources as sources
+from tsa.pipeline.run import clip_list_fingerprint
+from tsa.pipeline.inputs import list_clips, select_inputs
+from tsa.pipeline.sources import SourceError
 
 COLUMNS = ["video", "caption", "aesthetic score", "motion score", "temporal consistency score", "camera motion",
            "frame", "fps", "seconds"]  # OpenVid-1M.csv's header
@@ -133,7 +134,7 @@ def test_not_one_clip_found_is_a_wrong_layout(tmp_path):
 def test_cli_stops_on_a_wrong_layout_before_writing_anything(tmp_path):
     from typer.testing import CliRunner
 
-    from cli import app
+    from tsa.cli import app
 
     rows = openvid_rows(2)
     write_csv(tmp_path / "src" / "data" / "train" / "OpenVid-1M.csv", rows)
@@ -291,10 +292,10 @@ def test_openvid_root_with_sample_runs_and_reruns_as_a_resume(tmp_path):
 
     from typer.testing import CliRunner
 
-    from cli import app
-    from pipeline.reader import open_output, read_sample
-    from pipeline.sample_clips import make_sample_clips
-    from pipeline.selection import sample_videos
+    from tsa.cli import app
+    from tsa.shards.reader import open_output, read_sample
+    from tsa.testing.sample_clips import make_sample_clips
+    from tsa.pipeline.selection import sample_videos
     from test_pipeline_rotation import upright_frames, write_rotated  # pytest puts tests/ on sys.path
 
     made = make_sample_clips(tmp_path / "made", n=3, seed=4, broken=False)

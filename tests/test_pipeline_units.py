@@ -6,10 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.decode import DecodeError, crop_box, decode_clip, frame_indices
-from pipeline.layout import base_key
-from pipeline.sample_clips import make_sample_clips
-from pipeline.sources import SourceError, list_clips
+from tsa.pipeline.decode import DecodeError, crop_box, decode_clip, frame_indices
+from tsa.shards.layout import base_key
+from tsa.testing.sample_clips import make_sample_clips
+from tsa.pipeline.inputs import list_clips
+from tsa.pipeline.sources import SourceError
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +123,8 @@ def test_keys_replace_dots():
 
 
 def test_rerun_with_other_config_is_refused(tmp_path, tiny_cfg):
-    from pipeline.dataset_info import OutputMismatch, build_dataset_info
-    from pipeline.run import prepare_output
+    from tsa.shards.dataset_info import OutputMismatch, build_dataset_info
+    from tsa.pipeline.run import prepare_output
 
     models = {"vae": {"source": "tiny", "sha256": "x"}}
     info = build_dataset_info(tiny_cfg, models=models, num_clips=3, inputs_fp="abc", scaling_factor=1.0, source="s")
@@ -152,7 +153,7 @@ def test_changed_caption_changes_the_clip_list_fingerprint(clips):
     """A rerun after a caption edit must not resume on shards holding the old text embeddings."""
     import dataclasses
 
-    from pipeline.run import clip_list_fingerprint
+    from tsa.pipeline.run import clip_list_fingerprint
 
     items = list_clips(clips)
     assert clip_list_fingerprint(items) == clip_list_fingerprint(list_clips(clips))
@@ -162,7 +163,7 @@ def test_changed_caption_changes_the_clip_list_fingerprint(clips):
 
 
 def test_vae_noise_is_seeded_by_key_and_batch_independent(tiny_cfg):
-    from pipeline.encoders import VaeStage
+    from tsa.pipeline.encoders import VaeStage
 
     stage = VaeStage(tiny_cfg.to_dict())
     frames = np.random.default_rng(0).integers(0, 256, (2, 9, 192, 288, 3), dtype=np.uint8)
@@ -178,7 +179,7 @@ def test_vae_moments_give_the_stored_sample(tiny_cfg):
     """latent (sample mode) = (mean + exp(logvar / 2) * eps(key)) * scaling_factor of moments mode."""
     import torch
 
-    from pipeline.encoders import VaeStage, key_seed
+    from tsa.pipeline.encoders import VaeStage, key_seed
 
     frames = np.random.default_rng(1).integers(0, 256, (1, 9, 192, 288, 3), dtype=np.uint8)
     batch = lambda: {"ok": np.array([True]), "key": np.array(["clip_a"]), "frames": frames.copy()}  # noqa: E731
@@ -198,7 +199,7 @@ def test_vae_input_in_half_precision_is_rounded_once(tiny_cfg):
     bfloat16, not computed in bfloat16 (two roundings, twice the error for half the values)."""
     import torch
 
-    from pipeline.encoders import VaeStage
+    from tsa.pipeline.encoders import VaeStage
 
     class Captured(Exception):
         pass
@@ -224,8 +225,8 @@ def test_resume_accepts_a_hub_model_hashed_only_on_the_rerun(tmp_path, tiny_cfg)
     """A hub model not cached yet has no hash on the first run (its actors download it); the
     rerun after a crash hashes the now cached files. Same ids: resume. Two known, different
     hashes, or another clip list: refused."""
-    from pipeline.dataset_info import OutputMismatch, build_dataset_info
-    from pipeline.run import prepare_output
+    from tsa.shards.dataset_info import OutputMismatch, build_dataset_info
+    from tsa.pipeline.run import prepare_output
 
     def info(vae_sha, inputs_fp="abc"):
         models = {"vae": {"source": "org/model", "sha256": vae_sha}, "teacher": {"source": "t", "sha256": "t1"}}
@@ -243,8 +244,8 @@ def test_resume_accepts_a_hub_model_hashed_only_on_the_rerun(tmp_path, tiny_cfg)
 def test_foreign_dataset_json_is_refused_clearly(tmp_path, tiny_cfg):
     import json
 
-    from pipeline.dataset_info import OutputMismatch, build_dataset_info
-    from pipeline.run import prepare_output
+    from tsa.shards.dataset_info import OutputMismatch, build_dataset_info
+    from tsa.pipeline.run import prepare_output
 
     info = build_dataset_info(tiny_cfg, models={"vae": {"source": "tiny", "sha256": "x"}}, num_clips=3,
                               inputs_fp="abc", scaling_factor=1.0, source="s")

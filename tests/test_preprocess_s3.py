@@ -15,9 +15,9 @@ import pytest
 from processes import kill_session
 from typer.testing import CliRunner
 
-from cli import app
-from pipeline.run import PreprocessError, run_preprocess
-from pipeline.sample_clips import make_sample_clips
+from tsa.cli import app
+from tsa.pipeline.run import PreprocessError, run_preprocess
+from tsa.testing.sample_clips import make_sample_clips
 
 s3_server = pytest.importorskip("s3_server")  # tests/s3_server.py
 pytest.importorskip("s3fs")
@@ -44,7 +44,7 @@ def clips(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cfg():
-    from configs import load_config
+    from tsa.configs import load_config
 
     return load_config("tiny", SPS)
 
@@ -130,7 +130,7 @@ def test_kill_and_rerun_on_s3(server, s3_ref, local_ref, clips, cfg, tmp_path):
            "preprocess.teacher.batch_size=1", "--staging", str(tmp_path), "--no-progress"]
     # The last decodable clip hangs in its decode child (pipeline/hooks.py) until the kill, so the
     # killed run cannot have finished every shard however fast the machine is.
-    from pipeline.sources import list_clips
+    from tsa.pipeline.inputs import list_clips
 
     last = [it for it in list_clips(clips) if it.status == "ok"][-1]
     hooks = tmp_path.parent / f"{tmp_path.name}-hooks.json"
@@ -191,8 +191,8 @@ def test_cli_exit_2_names_the_url(server, clips):
 def test_src_in_a_bucket(server, local_ref, clips, cfg, tmp_path):
     """--src s3://...: the CSV read through fsspec, clips fetched by the decode workers; the same
     shards as from the local folder (the markers differ only in the `file not found` paths)."""
-    from pipeline.reader import open_output
-    from pipeline.sources import select_inputs
+    from tsa.shards.reader import open_output
+    from tsa.pipeline.inputs import select_inputs
 
     server.s3.create_bucket(Bucket="tsa-src")
     src = server.upload(clips, "s3://tsa-src/openvid")

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from configs import load_config
-from models.tiny import resolve_tiny
-from evaluate.sample import SampleOptions, default_geometry, sample
+from tsa.configs import load_config
+from tsa.models.tiny import resolve_tiny
+from tsa.evaluate.sample import SampleOptions, default_geometry, sample
 
 CAPTIONS = [
     ("a ball rolls across the table", "a red ball rolls across a wooden table and hits a glass"),
@@ -46,7 +46,7 @@ def _records(out: Path) -> list[dict]:
 
 
 def _cli(*args: str):
-    from cli import app
+    from tsa.cli import app
 
     return CliRunner().invoke(app, ["sample", *map(str, args)])
 
@@ -235,8 +235,8 @@ def test_default_geometry_is_the_paper_s_unless_the_run_is_tiny():
 
 
 def test_architecture_check_takes_a_pipeline_or_a_transformer_folder_as_base(tiny_run, tmp_path):
-    from evaluate.sample import SampleError, check_architecture
-    from models.cogvideox import FAMILY as COGVIDEOX
+    from tsa.evaluate.sample import SampleError, check_architecture
+    from tsa.models.cogvideox import FAMILY as COGVIDEOX
 
     tdir = tiny_run.ckpt / "transformer"
     for base in (tiny_run.base, tiny_run.base / "transformer"):  # models.student may name either

@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.mp4 import default_codec, to_uint8, write_mp4
+from tsa.media.mp4 import default_codec, to_uint8, write_mp4
 
 
 def _clip(frames=9, h=64, w=96) -> np.ndarray:

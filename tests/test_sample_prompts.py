@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluate.prompts import Prompt, PromptError, read_prompts
+from tsa.evaluate.prompts import Prompt, PromptError, read_prompts
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 

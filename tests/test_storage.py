@@ -14,16 +14,16 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli import app
-from configs import load_config
-from pipeline.reader import open_output, read_marker
-from pipeline.synthetic import make_synthetic_dataset
-from pipeline.storage import RemoteStore, is_url, ranges_for, resolve
-from train.command import prepare_job
-from train.data import RankLoader
-from train.dataset_check import open_dataset
-from train.launch import launch
-from train.metrics import read_metrics
+from tsa.cli import app
+from tsa.configs import load_config
+from tsa.shards.reader import open_output, read_marker
+from tsa.testing.synthetic import make_synthetic_dataset
+from tsa.shards.storage import RemoteStore, is_url, ranges_for, resolve
+from tsa.train.command import prepare_job
+from tsa.train.data import RankLoader
+from tsa.train.dataset_check import open_dataset
+from tsa.train.launch import launch
+from tsa.train.metrics import read_metrics
 
 s3_server = pytest.importorskip("s3_server")  # tests/s3_server.py
 pytest.importorskip("s3fs")

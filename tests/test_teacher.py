@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from configs import load_config
-from configs.schema import ConfigError
-from models.teacher import (
+from tsa.configs import load_config
+from tsa.configs.schema import ConfigError
+from tsa.models.teacher import (
     TeacherCheckpointError,
     VideoMAEv2,
     load_teacher,
@@ -238,7 +238,7 @@ def test_wrong_input_shape_is_a_clear_error(cfg, ckpt):
 
 
 def test_tiny_config_loads_through_resolve_tiny(tiny_cfg):
-    from models.tiny import resolve_tiny
+    from tsa.models.tiny import resolve_tiny
 
     cfg = resolve_tiny(tiny_cfg)
     assert cfg.models.teacher.checkpoint.endswith("teacher.safetensors")

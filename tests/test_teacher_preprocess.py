@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from configs import load_config
-from models.teacher import IMAGENET_MEAN, IMAGENET_STD, preprocess_frames
+from tsa.configs import load_config
+from tsa.models.teacher import IMAGENET_MEAN, IMAGENET_STD, preprocess_frames
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1, 1)

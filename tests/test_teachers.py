@@ -13,9 +13,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from configs import load_config
-from configs.schema import ConfigError
-from models.tiny import resolve_tiny, tiny_fingerprint
+from tsa.configs import load_config
+from tsa.configs.schema import ConfigError
+from tsa.models.tiny import resolve_tiny, tiny_fingerprint
 
 DINO = ["models.teacher.kind=dinov2", "geometry.tubelet=[2,14,14]", "geometry.teacher_size=[56,84]"]
 
@@ -49,7 +49,7 @@ def test_default_kind_leaves_fingerprints_unchanged():
     """Outputs and tiny caches made before `kind` existed keep their fingerprints."""
     import hashlib
 
-    from pipeline.dataset_info import fingerprinted_config
+    from tsa.shards.dataset_info import fingerprinted_config
 
     cfg = load_config("tiny")
     assert cfg.models.teacher.kind == "videomaev2"
@@ -91,7 +91,7 @@ def test_tiny_dinov2_is_a_save_pretrained_folder(dino_cfg):
 def test_features_are_tubelet_averaged_per_frame_patch_tokens(dino_cfg):
     from transformers import Dinov2Model
 
-    from models.teacher import load_teacher, teacher_features
+    from tsa.models.teacher import load_teacher, teacher_features
 
     teacher = load_teacher(dino_cfg.models.teacher, dino_cfg.geometry)
     x = torch.randn(2, 3, 8, 56, 84, generator=torch.Generator().manual_seed(0))
@@ -113,7 +113,7 @@ def test_features_are_tubelet_averaged_per_frame_patch_tokens(dino_cfg):
 
 
 def test_load_errors_name_the_field(dino_cfg, tmp_path):
-    from models.teacher import TeacherCheckpointError, load_teacher
+    from tsa.models.teacher import TeacherCheckpointError, load_teacher
 
     wrong_dim = copy.deepcopy(dino_cfg)
     wrong_dim.models.teacher.dim = 64
@@ -153,7 +153,7 @@ def test_vjepa2_positions_are_the_true_token_grid(vjepa_cfg):
     from transformers import VJEPA2Config
     from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2RopeAttention
 
-    from models.teacher import load_teacher
+    from tsa.models.teacher import load_teacher
 
     teacher = load_teacher(vjepa_cfg.models.teacher, vjepa_cfg.geometry)
     config = VJEPA2Config.from_pretrained(vjepa_cfg.models.teacher.checkpoint)
@@ -171,7 +171,7 @@ def test_vjepa2_positions_are_the_true_token_grid(vjepa_cfg):
 def test_vjepa2_on_a_square_grid_equals_the_model_forward(vjepa_cfg):
     from transformers import VJEPA2Model
 
-    from models.teacher_vjepa2 import Vjepa2Teacher
+    from tsa.models.teacher_vjepa2 import Vjepa2Teacher
 
     model = VJEPA2Model.from_pretrained(vjepa_cfg.models.teacher.checkpoint).eval()
     geometry = load_config("tiny", ["geometry.teacher_size=[128,128]"]).geometry  # 8 x 8 = the model's G x G
@@ -183,7 +183,7 @@ def test_vjepa2_on_a_square_grid_equals_the_model_forward(vjepa_cfg):
 
 
 def test_vjepa2_load_errors(vjepa_cfg):
-    from models.teacher import TeacherCheckpointError, load_teacher
+    from tsa.models.teacher import TeacherCheckpointError, load_teacher
 
     big = load_config("tiny_vjepa2", ["geometry.height=480", "geometry.width=720"])  # 10 x 15 > 8 x 8
     big.models.teacher.checkpoint = vjepa_cfg.models.teacher.checkpoint
@@ -203,12 +203,12 @@ def test_preprocess_train_view(kind, tmp_path, one_torch_thread):
     """`tsa preprocess` -> `tsa train` (2 steps) -> `tsa view` with each tiny transformers teacher."""
     import ray
 
-    from cli import app
-    from pipeline.decode import decode_clip
-    from pipeline.reader import open_output, read_sample
-    from pipeline.sample_clips import make_sample_clips
-    from models.teacher import load_teacher, preprocess_frames, teacher_features
-    from tsa_core import motion_map
+    from tsa.cli import app
+    from tsa.pipeline.decode import decode_clip
+    from tsa.shards.reader import open_output, read_sample
+    from tsa.testing.sample_clips import make_sample_clips
+    from tsa.models.teacher import load_teacher, preprocess_frames, teacher_features
+    from tsa.core import motion_map
 
     clips = make_sample_clips(tmp_path / "clips", n=2, seed=4, broken=False)
     out = tmp_path / "out"

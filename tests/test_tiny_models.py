@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BUILD = "from configs import load_config; from models.tiny import materialize_tiny; " \
+BUILD = "from tsa.configs import load_config; from tsa.models.tiny import materialize_tiny; " \
         "print(materialize_tiny(load_config('tiny')))"
 
 
@@ -33,7 +33,7 @@ def test_tiny_models_are_bit_identical_across_caches_and_thread_counts(tmp_path)
 
 def test_tiny_tokenizer_ids_are_fixed():
     """Pinned ids: a change to the vocabulary is a change of the tiny fingerprint version."""
-    from models.tiny import build_tiny_tokenizer
+    from tsa.models.tiny import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     ids = tok("a ball rolls across the wet table quickly").input_ids

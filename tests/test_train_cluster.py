@@ -8,10 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli import app
-from configs import load_config
-from pipeline.synthetic import make_synthetic_dataset
-from train.metrics import read_metrics
+from tsa.cli import app
+from tsa.configs import load_config
+from tsa.testing.synthetic import make_synthetic_dataset
+from tsa.train.metrics import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -103,7 +103,7 @@ def test_resume_accepts_the_runs_own_config_and_names_the_keys_of_another(shards
 
 
 def test_more_workers_than_the_cluster_has_is_a_clear_error_at_once(shards, tmp_path):
-    from train.launch import TrainError, check_workers
+    from tsa.train.launch import TrainError, check_workers
 
     assert check_workers(8, {"GPU": 8.0, "CPU": 96.0}) is True
     assert check_workers(2, {"CPU": 2.0}) is False
@@ -129,8 +129,8 @@ class _TwoRanks:
 
 
 def test_storage_check_names_node_and_path(shards, tmp_path):
-    from train.distributed import Dist
-    from train.preflight import StorageError, check_storage, node_name
+    from tsa.train.distributed import Dist
+    from tsa.train.preflight import StorageError, check_storage, node_name
 
     cfg = load_config("tiny")
     check_storage(str(shards), str(tmp_path / "ok"), cfg, Dist())
@@ -153,9 +153,9 @@ def test_storage_check_names_node_and_path(shards, tmp_path):
 
 
 def test_projector_init_does_not_depend_on_how_the_transformer_loads(monkeypatch):
-    import models.student as model
-    from models.cogvideox import FAMILY
-    from models.tiny import resolve_tiny
+    import tsa.models.student as model
+    from tsa.models.cogvideox import FAMILY
+    from tsa.models.tiny import resolve_tiny
 
     cfg = resolve_tiny(load_config("tiny"))
     first = model.build_student(cfg).projector.state_dict()
@@ -168,7 +168,7 @@ def test_projector_init_does_not_depend_on_how_the_transformer_loads(monkeypatch
 
 
 def test_adamw_is_fused_on_cuda():
-    from train.optim import build_optimizer
+    from tsa.train.optim import build_optimizer
 
     lin = torch.nn.Linear(3, 3)
     assert build_optimizer(lin, load_config("tiny").train, torch.device("cuda")).defaults["fused"] is True
@@ -178,7 +178,7 @@ def test_adamw_is_fused_on_cuda():
 def test_microbatches_are_stacked_straight_into_pinned_memory(monkeypatch):
     """On a GPU the loader's micro-batch tensors are page-locked (no CPU here to pin for real:
     torch.empty's pin flag is recorded and dropped), and equal a plain torch.stack."""
-    import train.data as data
+    import tsa.train.data as data
 
     asked = []
     real_empty = torch.empty
@@ -199,8 +199,8 @@ def test_memory_plan_at_paper_size():
     state is 16 bytes a parameter on DDP and 1/W of it with FSDP2; the table adds up."""
     from diffusers import CogVideoXTransformer3DModel
 
-    from train.memory_plan import GIB, plan_memory
-    from tsa_core import Projector
+    from tsa.train.memory_plan import GIB, plan_memory
+    from tsa.core import Projector
 
     cfg = load_config("cogvideox2b_mtsa", optional=["models.teacher.checkpoint"])
     with torch.device("meta"):

@@ -1,8 +1,8 @@
 """The paper's table rows as configs, and what `tsa train` asks of a config."""
 import pytest
 
-from configs import load_config
-from train.command import TEACHER_IN_SHARDS, prepare_job
+from tsa.configs import load_config
+from tsa.train.command import TEACHER_IN_SHARDS, prepare_job
 
 ROWS = {"baseline": "none", "repa": "repa", "trd": "trd", "tsa": "tsa", "mtsa": "mtsa"}
 

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from configs import ConfigError, load_config
-from pipeline.encode import npy_bytes
-from pipeline.reader import read_marker, read_members, read_sample
-from pipeline.synthetic import make_synthetic_dataset
-from pipeline.writer import ShardWriter
-from train.data import DataPosition, RankLoader
-from train.dataset_check import DatasetMismatch, check_dataset, open_dataset
-from train.shards import DataError
+from tsa.configs import ConfigError, load_config
+from tsa.shards.encode import npy_bytes
+from tsa.shards.reader import read_marker, read_members, read_sample
+from tsa.testing.synthetic import make_synthetic_dataset
+from tsa.shards.writer import ShardWriter
+from tsa.train.data import DataPosition, RankLoader
+from tsa.train.dataset_check import DatasetMismatch, check_dataset, open_dataset
+from tsa.train.shards import DataError
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -99,7 +99,7 @@ def test_int8_teacher_is_dequantised_with_its_scale(tmp_path, shards):
 
 
 def test_mask_comes_from_mask_npy_at_the_preprocess_ratio_else_from_motion(shards):
-    from tsa_core import topk_mask
+    from tsa.core import topk_mask
 
     info = open_dataset(shards)
     same = RankLoader(info, _cfg(), 0, 1).next_item()

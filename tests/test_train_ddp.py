@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from configs import load_config
-from pipeline.synthetic import make_synthetic_dataset
-from train.command import prepare_job
-from train.launch import launch
-from train.metrics import read_metrics
+from tsa.configs import load_config
+from tsa.testing.synthetic import make_synthetic_dataset
+from tsa.train.command import prepare_job
+from tsa.train.launch import launch
+from tsa.train.metrics import read_metrics
 
 
 @pytest.fixture(autouse=True)

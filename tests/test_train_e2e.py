@@ -7,12 +7,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli import app
-from configs import load_config
-from pipeline.synthetic import make_synthetic_dataset
-from train.command import prepare_job
-from train.launch import launch
-from train.metrics import read_metrics
+from tsa.cli import app
+from tsa.configs import load_config
+from tsa.testing.synthetic import make_synthetic_dataset
+from tsa.train.command import prepare_job
+from tsa.train.launch import launch
+from tsa.train.metrics import read_metrics
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -41,7 +41,7 @@ def test_cli_trains_and_the_checkpoint_drops_into_cogvideox_pipeline(shards, tmp
     from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
     from safetensors.torch import load_file
 
-    from models.tiny import resolve_tiny
+    from tsa.models.tiny import resolve_tiny
 
     out = tmp_path / "run"
     code, output = _cli("--shards", shards, "--out", out, "--config", "tiny", "--max-steps", 2,
@@ -124,7 +124,7 @@ def test_mismatched_shards_stop_before_step_one(shards, tmp_path):
 
 
 def test_corrupt_sample_stops_or_is_skipped_and_counted(shards, tmp_path):
-    from pipeline.reader import read_marker
+    from tsa.shards.reader import read_marker
 
     ds = tmp_path / "ds"
     shutil.copytree(shards, ds)
@@ -189,7 +189,7 @@ def test_resume_applies_changed_optimizer_settings(shards, tmp_path):
 
 
 def test_resume_drops_a_metrics_line_torn_by_a_crash(tmp_path):
-    from train.metrics import MetricsLog
+    from tsa.train.metrics import MetricsLog
 
     lines = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 3, "lo')

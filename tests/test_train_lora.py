@@ -3,11 +3,11 @@ diffusers-format LoRA weights that CogVideoXPipeline.load_lora_weights takes, an
 import pytest
 import torch
 
-from configs import load_config
-from pipeline.synthetic import make_synthetic_dataset
-from train.command import prepare_job
-from train.launch import launch
-from train.metrics import read_metrics
+from tsa.configs import load_config
+from tsa.testing.synthetic import make_synthetic_dataset
+from tsa.train.command import prepare_job
+from tsa.train.launch import launch
+from tsa.train.metrics import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LORA = ["train.lora.rank=4", "train.lora.alpha=8", "train.checkpoint_every=2", "train.keep_last=3"]
@@ -25,8 +25,8 @@ def _train(shards, out, *overrides, resume=False):
 
 
 def test_lora_trains_only_adapters_and_projector():
-    from models.tiny import resolve_tiny
-    from models.student import build_student
+    from tsa.models.tiny import resolve_tiny
+    from tsa.models.student import build_student
 
     cfg = resolve_tiny(load_config("tiny", [*LORA, "train.gradient_checkpointing=true"]))
     student = build_student(cfg)
@@ -48,11 +48,11 @@ def test_lora_trains_only_adapters_and_projector():
 def test_lora_checkpoint_loads_into_cogvideox_pipeline_and_resumes_exactly(shards, tmp_path):
     from diffusers import CogVideoXPipeline
 
-    from models.tiny import resolve_tiny
-    from train.checkpoint import load_checkpoint
-    from train.distributed import Dist
-    from models.student import build_student
-    from train.optim import build_lr_scheduler, build_optimizer
+    from tsa.models.tiny import resolve_tiny
+    from tsa.train.checkpoint import load_checkpoint
+    from tsa.train.distributed import Dist
+    from tsa.models.student import build_student
+    from tsa.train.optim import build_lr_scheduler, build_optimizer
 
     straight, split = tmp_path / "straight", tmp_path / "split"
     _train(shards, straight, "train.max_steps=4", *LORA)
@@ -87,7 +87,7 @@ def test_lora_checkpoint_loads_into_cogvideox_pipeline_and_resumes_exactly(shard
 
 
 def test_resuming_a_lora_run_without_lora_is_a_clear_error(shards, tmp_path):
-    from train.checkpoint import CheckpointMismatch
+    from tsa.train.checkpoint import CheckpointMismatch
 
     out = tmp_path / "run"
     _train(shards, out, "train.max_steps=2", *LORA)
@@ -104,7 +104,7 @@ def test_tsa_sample_takes_a_lora_checkpoint(shards, tmp_path):
     from safetensors.torch import save_file
     from typer.testing import CliRunner
 
-    from cli import app
+    from tsa.cli import app
 
     def read_frames(path):
         import av
@@ -132,7 +132,7 @@ def test_tsa_sample_takes_a_lora_checkpoint(shards, tmp_path):
         return read_frames(next((tmp_path / name).glob("*.mp4")))
 
     adapted = video(ckpt, "lora")
-    from models.tiny import resolve_tiny
+    from tsa.models.tiny import resolve_tiny
 
     root = resolve_tiny(load_config("tiny")).models.student
     g = load_config("tiny").geometry

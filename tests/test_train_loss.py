@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from configs.schema import AlignConfig
-from models.cogvideox import COGVIDEOX_2B_SCHEDULER
-from models.objectives import DiffusionObjective
-from train.loss import (alignment_loss, diffusion_loss, draw_noise, posterior_sample,
+from tsa.configs.schema import AlignConfig
+from tsa.models.cogvideox import COGVIDEOX_2B_SCHEDULER
+from tsa.models.objectives import DiffusionObjective
+from tsa.train.loss import (alignment_loss, diffusion_loss, draw_noise, posterior_sample,
                         sample_seed)
 
 
@@ -66,7 +66,7 @@ def test_epsilon_models_predict_the_noise(scheduler):
 
 
 def test_alignment_dispatch_matches_tsa_core():
-    from tsa_core import mask_to_index, repa_loss, topk_mask, trd_loss, tsa_loss
+    from tsa.core import mask_to_index, repa_loss, topk_mask, trd_loss, tsa_loss
 
     torch.manual_seed(1)
     grid = (2, 3, 4)
@@ -109,7 +109,7 @@ def test_posterior_sample_uses_moments_and_scaling():
 
 
 def test_posterior_sample_normalises_with_a_scalar_or_per_channel_norm():
-    from train.dataset_check import DatasetInfo
+    from tsa.train.dataset_check import DatasetInfo
 
     gen = torch.Generator().manual_seed(5)
     mean, logvar = torch.randn(2, 3, 4, 5, generator=gen), torch.randn(2, 3, 4, 5, generator=gen)

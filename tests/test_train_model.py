@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-from configs import load_config
-from models.tiny import resolve_tiny
-from models.cogvideox import FAMILY as COGVIDEOX
-from models.family import ModelError
-from models.student import Student, build_student
-from train.optim import WarmupConstant, build_lr_scheduler, build_optimizer
+from tsa.configs import load_config
+from tsa.models.tiny import resolve_tiny
+from tsa.models.cogvideox import FAMILY as COGVIDEOX
+from tsa.models.family import ModelError
+from tsa.models.student import Student, build_student
+from tsa.train.optim import WarmupConstant, build_lr_scheduler, build_optimizer
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from configs import load_config
-from pipeline.synthetic import make_synthetic_dataset
-from train.command import prepare_job
-from train.launch import launch
-from train.metrics import read_metrics
+from tsa.configs import load_config
+from tsa.testing.synthetic import make_synthetic_dataset
+from tsa.train.command import prepare_job
+from tsa.train.launch import launch
+from tsa.train.metrics import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -73,8 +73,8 @@ def test_validation_videos_are_fixed_and_leave_training_alone(shards, tmp_path):
 
 
 def test_bundled_prompts_and_a_missing_file(tmp_path):
-    from configs.schema import ConfigError
-    from evaluate.validate import validation_prompts
+    from tsa.configs.schema import ConfigError
+    from tsa.train.validate import validation_prompts
 
     bundled = validation_prompts(load_config("tiny"))
     assert 3 <= len(bundled) <= 8 and all(not p.startswith("#") for p in bundled)

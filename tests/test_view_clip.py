@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli import app
-from configs import load_config
-from pipeline.reader import read_sample
-from pipeline.synthetic import make_synthetic_dataset
-from pipeline.view import render
-from pipeline.view.preview import split_preview
+from tsa.cli import app
+from tsa.configs import load_config
+from tsa.shards.reader import read_sample
+from tsa.testing.synthetic import make_synthetic_dataset
+from tsa.view import render
+from tsa.view.preview import split_preview
 
 runner = CliRunner()
 

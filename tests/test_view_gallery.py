@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli import app
-from configs import load_config
-from pipeline.synthetic import make_synthetic_dataset
+from tsa.cli import app
+from tsa.configs import load_config
+from tsa.testing.synthetic import make_synthetic_dataset
 
 CHROMIUM = Path("/usr/bin/chromium")
 runner = CliRunner()
@@ -97,7 +97,7 @@ def test_gallery_lists_every_ok_clip_and_the_failed_ones(gallery):
 
 
 def test_gallery_limit_and_unsafe_keys(tmp_path):
-    from pipeline.view.gallery import file_stem
+    from tsa.view.gallery import file_stem
 
     assert file_stem("clip_01-a") == "clip_01-a"
     odd = file_stem("a b#c?d")
@@ -159,7 +159,7 @@ def test_chromium_flags_a_missing_image(gallery, tmp_path):
 
 
 def test_gallery_goes_on_past_a_clip_it_cannot_draw(tmp_path):
-    from pipeline.reader import read_marker
+    from tsa.shards.reader import read_marker
 
     out = make_synthetic_dataset(tmp_path / "out", load_config("tiny"), 3)
     offset, size = read_marker(out, 0)["index"]["synth_000001"]["preview.jpg"]

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.view.colormap import colorize, lut
-from pipeline.view.maps import (ViewError, check_ratios, check_taus, correspondence, default_query,
+from tsa.view.colormap import colorize, lut
+from tsa.view.maps import (ViewError, check_ratios, check_taus, correspondence, default_query,
                                 dequantise_teacher, parse_numbers, parse_query, topk_masks)
-from pipeline.view.preview import split_preview
+from tsa.view.preview import split_preview
 
 
 def test_lut_runs_dark_to_bright_and_colorize_clips():

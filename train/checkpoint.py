@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from train.distributed import Dist, unwrap
+from tsa.train.distributed import Dist, unwrap
 
 PREFIX = "checkpoint-"
 
@@ -119,7 +119,7 @@ def save_checkpoint(out: Path, step: int, model: nn.Module, optimizer, lr_schedu
         student = unwrap(model)
         projector = {k[len("projector."):]: v.contiguous() for k, v in weights.items() if k.startswith("projector.")}
         if lora is not None:  # only the adapters: the base transformer is frozen and unchanged
-            from models.lora import save_lora
+            from tsa.models.lora import save_lora
 
             save_lora(tmp, weights, lora, student.family)
         else:
@@ -233,7 +233,7 @@ def _load_sharded_optimizer(folder: Path, model: nn.Module, optimizer, dist: Dis
 
 
 def has_lora(ckpt: Path) -> bool:
-    from models.lora import LORA_WEIGHTS
+    from tsa.models.lora import LORA_WEIGHTS
 
     return (Path(ckpt) / LORA_WEIGHTS).is_file()
 
@@ -244,7 +244,7 @@ def _load_lora(ckpt: Path, model: nn.Module, student: nn.Module) -> None:
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-    from models.lora import LORA_WEIGHTS, from_diffusers, is_lora_key
+    from tsa.models.lora import LORA_WEIGHTS, from_diffusers, is_lora_key
 
     adapted = any(is_lora_key(n) for n, _ in student.named_parameters())
     if has_lora(ckpt) != adapted:

@@ -9,9 +9,9 @@ from typing import Optional
 import typer
 import yaml
 
-from configs.schema import REQUIRED, Config, ConfigError, load_config
-from pipeline.storage import is_url, resolve
-from train.loop import TrainJob
+from tsa.configs.schema import REQUIRED, Config, ConfigError, load_config
+from tsa.shards.storage import is_url, resolve
+from tsa.train.loop import TrainJob
 
 CONFIG_FILE = "config.yaml"
 # Training never loads the teacher (its features are in the shards), so its checkpoint may be
@@ -78,7 +78,7 @@ def prepare_job(shards: Path | str, out: Path | str, config: Optional[str], over
     """The run's config (written to OUT/config.yaml with model refs as given, e.g. `tiny`, and
     local model paths made absolute) and the job, whose paths are absolute so that every worker
     sees the same places whatever its working folder."""
-    from train.checkpoint import latest_checkpoint
+    from tsa.train.checkpoint import latest_checkpoint
 
     out = Path(resolve(out))
     saved = out / CONFIG_FILE
@@ -116,7 +116,7 @@ def _config_restored_on_failure(out: Path, resume: bool):
     """--resume rewrites OUT/config.yaml with the overrides before training; if the run then
     fails before writing a checkpoint, put the old file back, so that config.yaml still
     describes the checkpoints and a plain --resume works again."""
-    from train.checkpoint import latest_checkpoint
+    from tsa.train.checkpoint import latest_checkpoint
 
     saved = Path(out) / CONFIG_FILE
     previous = saved.read_text() if resume and saved.is_file() else None
@@ -148,13 +148,13 @@ def train_command(
     override: list[str] = typer.Option([], "-o", "--override", help="Config override key=value (repeatable)."),
 ) -> None:
     """Fine-tune CogVideoX with diffusion + alignment loss from preprocessed shards."""
-    from train.checkpoint import CheckpointMismatch
-    from train.dataset_check import DatasetMismatch, probe_dataset
-    from train.launch import TrainError, launch
-    from train.loop import NonFiniteLoss
-    from models.family import ModelError
-    from train.preflight import StorageError
-    from train.shards import DataError
+    from tsa.train.checkpoint import CheckpointMismatch
+    from tsa.train.dataset_check import DatasetMismatch, probe_dataset
+    from tsa.train.launch import TrainError, launch
+    from tsa.train.loop import NonFiniteLoss
+    from tsa.models.family import ModelError
+    from tsa.train.preflight import StorageError
+    from tsa.train.shards import DataError
 
     try:
         with _config_restored_on_failure(out, resume):

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from configs.schema import Config, ConfigError
-from pipeline.storage import open_store
-from train.dataset_check import DatasetInfo, needed_members, uses_stored_mask
-from train.shards import DataError, SampleReader, refs_per_epoch, shuffled_refs
+from tsa.configs.schema import Config, ConfigError
+from tsa.shards.storage import open_store
+from tsa.train.dataset_check import DatasetInfo, needed_members, uses_stored_mask
+from tsa.train.shards import DataError, SampleReader, refs_per_epoch, shuffled_refs
 
 
 @dataclass
@@ -103,7 +103,7 @@ class StreamDataset(IterableDataset):
         self.ratio = cfg.align.ratio
 
     def _example(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        from tsa_core import topk_mask
+        from tsa.core import topk_mask
 
         ex: dict[str, torch.Tensor] = {}
         for name in ("latent", "latent_mean", "latent_logvar", "text"):

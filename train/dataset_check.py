@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from configs.schema import Config
-from pipeline.reader import DataError, NotAnOutput, OutputInfo, SampleRef, open_output
-from pipeline.storage import StorageError, basename, join, parent, resolve
+from tsa.configs.schema import Config
+from tsa.shards.reader import DataError, NotAnOutput, OutputInfo, SampleRef, open_output
+from tsa.shards.storage import StorageError, basename, join, parent, resolve
 
 
 class DatasetMismatch(ValueError):
@@ -61,7 +61,7 @@ class DatasetInfo:
 
 def _open(path: str | Path) -> OutputInfo:
     """The output at `path`, or at its parent when `path` is its shards/ folder."""
-    from pipeline.layout import SHARDS_DIR
+    from tsa.shards.layout import SHARDS_DIR
 
     try:
         try:
@@ -90,7 +90,7 @@ def open_dataset(path: str | Path) -> DatasetInfo:
     """The preprocess output at `path` (or its parent, when `path` is its shards/ folder), with
     every complete shard's marker read and its size checked (a truncated shard stops here,
     before step 1, even with --skip-bad-samples: docs/storage.md)."""
-    from pipeline.layout import FORMAT_VERSION, SHARDS_DIR
+    from tsa.shards.layout import FORMAT_VERSION, SHARDS_DIR
 
     out = _open(path)
     meta, ds = out.dataset, out.where("dataset.json")

@@ -2,6 +2,7 @@
 DDP or FSDP2), on the local machine or the cluster at `ray_address`."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -9,8 +10,8 @@ from typing import Any, Optional
 
 import torch
 
-from train.distributed import Dist
-from train.loop import TrainJob, run_training
+from tsa.train.distributed import Dist
+from tsa.train.loop import TrainJob, run_training
 
 
 class TrainError(RuntimeError):
@@ -27,7 +28,7 @@ def launch(job: TrainJob, workers: int = 1, strategy: str = "ddp", ray_address: 
         raise ValueError(f"--workers {workers}: must be >= 1")
     if workers == 1 and ray_address is None:
         return run_training(job, Dist(device=_local_device(), strategy=strategy))
-    from train.dataset_check import check_dataset, open_dataset
+    from tsa.train.dataset_check import check_dataset, open_dataset
 
     check_dataset(open_dataset(job.shards), job.cfg)  # fail before starting Ray, not in every worker
     return _launch_ray(job, workers, strategy, ray_address)
@@ -52,7 +53,9 @@ def _launch_ray(job: TrainJob, workers: int, strategy: str, ray_address: Optiona
 
     started = False
     if not ray.is_initialized():
-        ray.init(address=ray_address, include_dashboard=False, log_to_driver=True)
+        # No --ray-address: RAY_ADDRESS (`ray job submit`) or a new local Ray, as the help says.
+        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                 log_to_driver=True)
         started = True
     try:
         use_gpu = check_workers(workers, ray.cluster_resources())
@@ -70,7 +73,7 @@ def _launch_ray(job: TrainJob, workers: int, strategy: str, ray_address: Optiona
     finally:
         if started:
             ray.shutdown()
-    from train.checkpoint import latest_checkpoint, read_trainer_state
+    from tsa.train.checkpoint import latest_checkpoint, read_trainer_state
 
     ckpt = latest_checkpoint(Path(job.out))
     return read_trainer_state(ckpt) if ckpt else {}

@@ -9,18 +9,18 @@ from typing import Any, Optional
 
 import torch
 
-from configs.schema import Config, config_from_dict
-from models.family import student_family
-from models.student import build_student
-from train.checkpoint import latest_checkpoint, load_checkpoint, read_trainer_state, save_checkpoint
-from train.data import DataPosition, RankLoader, microbatches_per_step
-from train.dataset_check import check_dataset, open_dataset
-from train.distributed import Dist, clip_gradients, no_grad_sync, unwrap, wrap
-from train.memory_plan import plan_memory
-from train.metrics import MetricsLog
-from train.preflight import check_storage
-from train.optim import apply_train_config, build_lr_scheduler, build_optimizer
-from train.step import StepContext, micro_batch_losses
+from tsa.configs.schema import Config, config_from_dict
+from tsa.models.family import student_family
+from tsa.models.student import build_student
+from tsa.train.checkpoint import latest_checkpoint, load_checkpoint, read_trainer_state, save_checkpoint
+from tsa.train.data import DataPosition, RankLoader, microbatches_per_step
+from tsa.train.dataset_check import check_dataset, open_dataset
+from tsa.train.distributed import Dist, clip_gradients, no_grad_sync, unwrap, wrap
+from tsa.train.memory_plan import plan_memory
+from tsa.train.metrics import MetricsLog
+from tsa.train.preflight import check_storage
+from tsa.train.optim import apply_train_config, build_lr_scheduler, build_optimizer
+from tsa.train.step import StepContext, micro_batch_losses
 
 
 class NonFiniteLoss(RuntimeError):
@@ -51,7 +51,7 @@ def _device() -> torch.device:
 
 def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
     """Train until `train.max_steps`; returns the final trainer state (all ranks)."""
-    from models.tiny import resolve_tiny
+    from tsa.models.tiny import resolve_tiny
 
     cfg = job.cfg
     out = Path(job.out)
@@ -67,7 +67,7 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
         cfg.models.student = str(ckpt / "transformer")
     validator = None
     if cfg.train.validate_every > 0:  # T5 runs (and is freed) before the student loads
-        from evaluate.validate import Validator, embed_prompts
+        from tsa.train.validate import Validator, embed_prompts
 
         validator = Validator(cfg, out, dist, embed_prompts(cfg, out, dist))
     torch.manual_seed(cfg.seed)  # the same projector init on every rank and for every world size

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from configs.schema import AlignConfig
+from tsa.configs.schema import AlignConfig
 
 
 def diffusion_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -21,7 +21,7 @@ def alignment_loss(align: AlignConfig, projected: Optional[torch.Tensor], teache
                    grid: tuple[int, int, int], query_index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`align.loss` on projected student tokens and teacher tokens, both [B, N, C], N = F*H*W
     of the teacher grid; `query_index` [B, M] (M-TSA only). Scalar fp32."""
-    from tsa_core import repa_loss, trd_loss, tsa_loss
+    from tsa.core import repa_loss, trd_loss, tsa_loss
 
     name = align.loss
     if name == "none":

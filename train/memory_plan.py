@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from configs.schema import Config
+from tsa.configs.schema import Config
 
 GIB = 1024 ** 3
 BLOCK_INTERMEDIATES = 16  # bf16 tensors of size tokens x D that one block holds for its backward
@@ -69,7 +69,7 @@ def plan_memory(transformer: nn.Module, projector: nn.Module | None, cfg: Config
                 workers: int) -> MemoryPlan:
     """The plan for `transformer` (the family's, possibly on the meta device) and
     `projector` under `cfg.train` with `workers` GPUs and `strategy` (ddp | fsdp2)."""
-    from models.family import student_family
+    from tsa.models.family import student_family
 
     family = student_family(cfg)
     width = family.width(transformer)

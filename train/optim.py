@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from configs.schema import TrainConfig
+from tsa.configs.schema import TrainConfig
 
 
 def build_optimizer(model: nn.Module, train: TrainConfig, device: torch.device = torch.device("cpu")

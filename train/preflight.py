@@ -9,9 +9,9 @@ import os
 import socket
 from pathlib import Path
 
-from configs.schema import Config
-from pipeline.storage import is_url
-from train.distributed import Dist
+from tsa.configs.schema import Config
+from tsa.shards.storage import is_url
+from tsa.train.distributed import Dist
 
 PROBE = ".tsa-storage-probe-rank{rank}"
 

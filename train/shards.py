@@ -1,11 +1,11 @@
 """Reading samples out of complete shards: seeded streams of sample references, the
 shuffle buffer, and checked decoding of one sample.
 
-A *reference* (`pipeline.reader.SampleRef`) is (shard, key, member offsets) from the shard's
+A *reference* (`tsa.shards.reader.SampleRef`) is (shard, key, member offsets) from the shard's
 `.json` done marker, so the shuffle buffer holds a few hundred small tuples instead of
 gigabytes of arrays, and the stream position is a count of references that can be replayed
 without reading any tar (docs/train.md, "Data order and exact resume"). The bytes of a chosen
-sample are read by the one shard reader (`pipeline.reader.read_entry`: ranged reads, local or
+sample are read by the one shard reader (`tsa.shards.reader.read_entry`: ranged reads, local or
 object store, every member's tar header checked against the marker); this module checks each
 `.npy` against `dataset.json`.
 """
@@ -18,8 +18,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from pipeline.reader import DataError, SampleRef, read_entry
-from pipeline.storage import Store
+from tsa.shards.reader import DataError, SampleRef, read_entry
+from tsa.shards.storage import Store
 
 __all__ = ["DataError", "SampleRef", "SampleReader", "refs_per_epoch", "shuffled_refs", "stream_refs"]
 

@@ -7,9 +7,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from configs.schema import Config
-from train.data import stack
-from train.loss import alignment_loss, diffusion_loss, draw_noise, posterior_sample
+from tsa.configs.schema import Config
+from tsa.train.data import stack
+from tsa.train.loss import alignment_loss, diffusion_loss, draw_noise, posterior_sample
 
 
 @dataclass
@@ -47,7 +47,7 @@ def clean_latents(batch: dict[str, Any], ctx: StepContext) -> torch.Tensor:
 
 def micro_batch_losses(model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
     """{"loss", "loss_diffusion", "loss_align"}: fp32 scalars (loss_align 0 for align.loss none)."""
-    from tsa_core import mask_to_index
+    from tsa.core import mask_to_index
 
     cfg, dev = ctx.cfg, ctx.device
     x0 = clean_latents(batch, ctx)

@@ -6,8 +6,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from tsa_core.checks import check_grid, check_pair, check_query_index, check_tokens, compute_pair
-from tsa_core.correspondence import query_rows
+from tsa.core.checks import check_grid, check_pair, check_query_index, check_tokens, compute_pair
+from tsa.core.correspondence import query_rows
 
 
 def repa_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

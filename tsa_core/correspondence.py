@@ -6,8 +6,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from tsa_core.checks import check_grid, check_pair, check_query_index, check_tokens, compute_pair
-from tsa_core.chunked_kl import ChunkedTemperedKL
+from tsa.core.checks import check_grid, check_pair, check_query_index, check_tokens, compute_pair
+from tsa.core.chunked_kl import ChunkedTemperedKL
 
 DEFAULT_CHUNK = 256  # query rows per chunk (config: align.query_chunk)
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tsa_core.checks import check_grid
+from tsa.core.checks import check_grid
 
 
 class Projector(nn.Module):
