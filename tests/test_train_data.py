@@ -12,7 +12,7 @@ from tsa.shards.encode import npy_bytes
 from tsa.shards.reader import read_marker, read_members, read_sample
 from tsa.testing.synthetic import make_synthetic_dataset
 from tsa.shards.writer import ShardWriter
-from tsa.train.data import DataPosition, RankLoader
+from tsa.train.data import DataPosition, RankLoader, stream_units
 from tsa.train.dataset_check import DatasetMismatch, check_dataset, open_dataset
 from tsa.train.shards import DataError
 
@@ -255,7 +255,74 @@ def test_unusable_folders_and_stream_counts_are_named(tmp_path, shards):
     info = open_dataset(shards)
     with pytest.raises(ConfigError, match="train.data_streams=3 must be a multiple of the number of workers"):
         RankLoader(info, _cfg("train.data_streams=3"), 0, 2)
-    with pytest.raises(ConfigError, match=r"train.data_streams=4 but .* has only 2 complete shard\(s\) with samples"):
-        RankLoader(info, _cfg("train.data_streams=4"), 0, 1)
+    RankLoader(info, _cfg("train.data_streams=4"), 0, 1)  # more streams than shards: split by samples
     with pytest.raises(ConfigError, match="train.global_batch=3 must be a multiple of workers"):
         RankLoader(info, _cfg("train.global_batch=3"), 0, 2)
+
+
+# ---- fewer shards than data streams ----------------------------------------------------------------
+FEW = {1: 3, 2: 6, 3: 9}  # shards -> samples (4 a shard: the last shard is partly full)
+
+
+@pytest.fixture(scope="module")
+def few(tmp_path_factory):
+    base = tmp_path_factory.mktemp("few")
+    return {s: make_synthetic_dataset(base / f"s{s}", _cfg(), n=n, seed=s) for s, n in FEW.items()}
+
+
+def test_units_are_the_shards_or_runs_of_samples_or_single_samples(few):
+    refs = open_dataset(few[3]).shard_refs
+    assert stream_units(refs, 2) == refs and stream_units(refs, 3) == refs  # enough shards: as before
+    flat = [r for shard in refs for r in shard]
+    runs = stream_units(refs, 4)  # 9 samples, 4 streams: runs of 2, 2, 2, 3 in shard order
+    assert [len(u) for u in runs] == [2, 2, 2, 3] and [r for u in runs for r in u] == flat
+    singles = stream_units(refs, 32)  # fewer samples than streams: stream v reads sample v mod 9
+    assert singles == [(flat[v % 9],) for v in range(32)]
+    with pytest.raises(DataError, match="no samples"):
+        stream_units([], 4)
+
+
+@pytest.mark.parametrize("shards", [1, 2, 3])
+@pytest.mark.parametrize("streams", [4, 32])  # 32: every bundled paper config
+def test_few_shards_train_with_any_stream_count_in_one_order_for_1_and_2_workers(few, shards, streams):
+    info = open_dataset(few[shards])
+    n = FEW[shards]
+    cfg = _cfg(f"train.data_streams={streams}")
+    m = max(2 * streams, 20)
+    one = _items(RankLoader(info, cfg, 0, 1), m)
+    assert [it["index"] for it in one] == list(range(m))
+    r0, r1 = (_items(RankLoader(info, cfg, r, 2), m // 2) for r in (0, 1))
+    assert [it["key"] for it in r0] == [it["key"] for it in one[0::2]]
+    assert [it["key"] for it in r1] == [it["key"] for it in one[1::2]]
+    assert [it["index"] for it in r1] == list(range(1, m, 2))
+    for a, b in zip(r1, one[1::2]):
+        assert torch.equal(a["latent"], b["latent"])
+    # the same order again (fixed for a dataset and config), and every sample is used
+    assert [it["key"] for it in _items(RankLoader(info, cfg, 0, 1), m)] == [it["key"] for it in one]
+    plain = _cfg(f"train.data_streams={streams}", "train.shuffle_buffer=0")
+    per_stream = -(-n // streams)
+    seen = {it["key"] for it in _items(RankLoader(info, plain, 0, 1), streams * per_stream)}
+    assert len(seen) == n
+    # exact resume, also on the other worker count
+    first = RankLoader(info, cfg, 0, 1)
+    _items(first, 6)
+    pos = DataPosition.from_dict(DataPosition.merged([first.position()], 6, 0).to_dict())
+    assert [it["key"] for it in _items(RankLoader(info, cfg, 0, 1, start=pos), 10)] == \
+        [it["key"] for it in one[6:16]]
+    assert [it["key"] for it in _items(RankLoader(info, cfg, 1, 2, start=pos), 5)] == \
+        [it["key"] for it in one[7:17:2]]
+
+
+def test_few_shards_with_dataloader_workers_and_a_one_sample_dataset(tmp_path, few):
+    info = open_dataset(few[2])
+    cfg = _cfg("train.data_streams=4", "train.num_workers=2")
+    loader = RankLoader(info, cfg, 0, 1)
+    assert loader.workers == 2 and "6 sample(s)" in loader.note
+    keys = _keys(loader, 12)
+    loader.close()
+    assert keys == _keys(RankLoader(info, _cfg("train.data_streams=4"), 0, 1), 12)
+    single = open_dataset(make_synthetic_dataset(tmp_path / "one", _cfg(), n=1, seed=0))
+    paper = load_config("cogvideox2b_mtsa", optional=["models.teacher.checkpoint"])
+    v = paper.train.data_streams
+    loader = RankLoader(single, _cfg(f"train.data_streams={v}"), 1, 2)
+    assert {it["key"] for it in _items(loader, v)} == {"synth_000000"}

@@ -6,12 +6,17 @@ The global sample order does not depend on the number of workers. Global sample 
 with j % W == r, and its DataLoader workers take turns over its streams. So 1 and 2
 workers see the same global batches, and the position in the data is the number of
 references each stream has used (docs/train.md, "Data order and exact resume").
+
+Streams own *units* (`stream_units`): the complete shards when there are at least V of them;
+otherwise the samples (in shard order) cut into V contiguous runs, or, with fewer samples
+than V, one sample each (stream v takes sample v mod N). So any dataset of at least one
+sample feeds any V, and the units depend only on the dataset and V.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tsa.configs.schema import Config, ConfigError
 from tsa.shards.storage import open_store
 from tsa.train.dataset_check import DatasetInfo, needed_members, uses_stored_mask
-from tsa.train.shards import DataError, SampleReader, refs_per_epoch, shuffled_refs
+from tsa.train.shards import DataError, SampleReader, SampleRef, refs_per_epoch, shuffled_refs
 
 
 @dataclass
@@ -63,8 +68,41 @@ class DataPosition:
         return cls.from_dict(pos.to_dict())  # checks that the streams add up to `consumed`
 
 
+def stream_units(shard_refs: Sequence[tuple[SampleRef, ...]], num_streams: int
+                 ) -> list[tuple[SampleRef, ...]]:
+    """What the data streams own; stream v owns `units[v::num_streams]` (train.shards.stream_refs).
+
+    At least `num_streams` shards: the shards themselves (stream v owns shards v, v+V, ...).
+    Fewer shards but at least V samples: the samples in shard order, cut into V contiguous runs
+    of N // V or N // V + 1 (run v is samples [v N // V, (v + 1) N // V)), one per stream, so
+    every sample is still seen once per epoch of its stream. Fewer samples than V: stream v
+    owns sample v mod N alone (samples repeat across streams; nothing else can give every
+    stream data). Depends only on the dataset and V, never on the number of workers."""
+    if len(shard_refs) >= num_streams:
+        return list(shard_refs)
+    flat = [ref for refs in shard_refs for ref in refs]
+    n = len(flat)
+    if n == 0:
+        raise DataError("the dataset has no samples; each data stream needs at least one")
+    if n >= num_streams:
+        return [tuple(flat[v * n // num_streams:(v + 1) * n // num_streams]) for v in range(num_streams)]
+    return [(flat[v % n],) for v in range(num_streams)]
+
+
+def units_note(info: DatasetInfo, num_streams: int) -> Optional[str]:
+    """A line for the log when streams split shards (None when each owns whole shards)."""
+    shards, samples = len(info.shard_refs), sum(len(r) for r in info.shard_refs)
+    if shards >= num_streams:
+        return None
+    how = (f"each stream reads a run of {samples // num_streams}-{-(-samples // num_streams)} samples"
+           if samples >= num_streams else f"stream v reads sample v mod {samples} (samples repeat across streams)")
+    return (f"train.data_streams={num_streams} with {shards} complete shard(s) of {samples} sample(s): {how} "
+            f"(docs/train.md, \"Data order and exact resume\")")
+
+
 def check_streams(cfg: Config, info: DatasetInfo, world: int) -> int:
-    """V, checked against the world size, the per-rank batch and the number of shards."""
+    """V, checked against the world size and the per-rank batch. Any number of shards works
+    (`stream_units`)."""
     v, g = cfg.train.data_streams, cfg.train.global_batch
     if v < 1:
         raise ConfigError(f"train.data_streams={v}: must be >= 1")
@@ -73,10 +111,6 @@ def check_streams(cfg: Config, info: DatasetInfo, world: int) -> int:
     if g % (world * cfg.train.micro_batch):
         raise ConfigError(f"train.global_batch={g} must be a multiple of workers x train.micro_batch "
                           f"= {world} x {cfg.train.micro_batch}")
-    if len(info.shards) < v:
-        raise ConfigError(f"train.data_streams={v} but {info.root} has only {len(info.shards)} complete "
-                          f"shard(s) with samples; each stream needs at least one (lower train.data_streams, or "
-                          f"preprocess with a smaller preprocess.samples_per_shard)")
     return v
 
 
@@ -101,6 +135,7 @@ class StreamDataset(IterableDataset):
         self.names = needed_members(info, cfg)
         self.stored_mask = uses_stored_mask(info, cfg)
         self.ratio = cfg.align.ratio
+        self.units = stream_units(info.shard_refs, self.num_streams)
 
     def _example(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         from tsa.core import topk_mask
@@ -123,11 +158,11 @@ class StreamDataset(IterableDataset):
 
     def _stream(self, v: int, reader: SampleReader) -> Iterator[dict[str, Any]]:
         st = self.start.get(v, StreamState())
-        refs = shuffled_refs(self.info.shard_refs, v, self.num_streams, self.seed, self.buffer)
+        refs = shuffled_refs(self.units, v, self.num_streams, self.seed, self.buffer)
         for _ in range(st.next_ref):  # replay the references already used: no tar is read
             next(refs)
         i, good, bad = st.next_ref, st.next_good, []
-        epoch = refs_per_epoch(self.info.shard_refs, v, self.num_streams)
+        epoch = refs_per_epoch(self.units, v, self.num_streams)
         for ref in refs:
             try:
                 arrays = reader.read(ref, self.names)
@@ -179,6 +214,7 @@ class RankLoader:
                  start: Optional[DataPosition] = None, pin_memory: bool = False):
         self.cfg, self.rank, self.world = cfg, rank, world
         v = check_streams(cfg, info, world)
+        self.note = units_note(info, v)  # for the run's log: streams split shards
         start = start or DataPosition(num_streams=v)
         if start.num_streams != v:
             raise ConfigError(f"train.data_streams={v} but the checkpoint's data position has "
