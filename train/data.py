@@ -214,7 +214,9 @@ class RankLoader:
                  start: Optional[DataPosition] = None, pin_memory: bool = False):
         self.cfg, self.rank, self.world = cfg, rank, world
         v = check_streams(cfg, info, world)
-        self.note = units_note(info, v)  # for the run's log: streams split shards
+        self.note = units_note(info, v)  # streams split shards: said once, by rank 0
+        if self.note and rank == 0:
+            print(self.note, flush=True)
         start = start or DataPosition(num_streams=v)
         if start.num_streams != v:
             raise ConfigError(f"train.data_streams={v} but the checkpoint's data position has "
