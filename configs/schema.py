@@ -284,6 +284,9 @@ class LoraConfig:
     """LoRA adapters (peft) on the student's attention projections instead of a full fine-tune."""
 
     rank: int = 0  # 0: full fine-tune (the paper); > 0: LoRA of this rank, the base transformer frozen
+    # Learning rate of the adapters (train.lr is the full fine-tune's): B starts at zero, so the
+    # full fine-tune's 2e-6 barely moves them; 1e-4 as diffusers' CogVideoX LoRA scripts and VideoREPA.
+    lr: float = 1e-4
     alpha: float = 0.0  # scaling alpha / rank; 0 means alpha = rank (scale 1)
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     dropout: float = 0.0
@@ -291,6 +294,8 @@ class LoraConfig:
     def validate(self) -> None:
         if self.rank < 0 or self.alpha < 0:
             raise ConfigError(f"train.lora.rank={self.rank}, train.lora.alpha={self.alpha}: must be >= 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train.lora.lr={self.lr}: must be a finite number > 0")
         if self.rank > 0 and not self.target_modules:
             raise ConfigError("train.lora.target_modules is empty: name the layers that get adapters")
         if not 0 <= self.dropout < 1:
@@ -321,6 +326,9 @@ class TrainConfig:
     max_nonfinite_in_row: int = 5
     strategy: str = "ddp"  # ddp | fsdp2 (with more than one worker)
     log_every: int = 1
+    # Ray Train workers: restarts from the last checkpoint after a lost worker or node (-1: no
+    # limit, 0: none); errors of the run itself (config, data, storage) never restart (docs/train.md).
+    max_failures: int = 3
     lora: LoraConfig = field(default_factory=LoraConfig)
     validate_every: int = 500  # videos every N optimizer steps (0: never); docs/train.md "Validation videos"
     validation_prompts: str = "bundled"  # a text file, one prompt a line; bundled: configs/validation_prompts.txt
@@ -344,6 +352,8 @@ class TrainConfig:
         for name in ("warmup_steps", "checkpoint_every", "max_steps", "num_workers", "validate_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)}: must be >= 0")
+        if self.max_failures < -1:
+            raise ConfigError(f"train.max_failures={self.max_failures}: expected -1 (no limit), 0 or more")
         self.lora.validate()
         if self.keep_last < 1:
             raise ConfigError(f"train.keep_last={self.keep_last}: must be >= 1 (the last checkpoint is "

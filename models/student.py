@@ -63,19 +63,24 @@ class Student(nn.Module):
             self._armed = False
             self.captures += 1
 
-    def forward(self, noisy: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor, conditioning=None):
+    def forward(self, noisy: torch.Tensor, text: torch.Tensor, timestep: torch.Tensor, conditioning=None,
+                pad: Optional[torch.Tensor] = None):
         """noisy [B, C, F, H, W], text [B, L, D], timestep [B] (the model's own scale),
         conditioning (the family's, e.g. rotary tables) ->
         (prediction [B, C, F, H, W], projected [B, Ft*Ht*Wt, teacher_dim] or None).
 
         With `pad_frames` > 0 (CogVideoX1.5, F not a multiple of the temporal patch) the
-        transformer sees `pad_frames` copies of noisy frame 0 in front, as CogVideoX1.5's own
-        fine-tuning pads the latent; their predictions are dropped, so the loss covers the F
-        real frames only."""
+        transformer sees `pad` [B, C, pad_frames, H, W] in front: the clean frame 0 noised with
+        fresh noise of its own (train/step.py `padding_frames`), as CogVideoX1.5's own fine-tuning
+        pads the latent; their predictions are dropped, so the loss covers the F real frames only."""
+        if self.pad_frames:
+            if pad is None or pad.shape[2] != self.pad_frames or pad.shape[3:] != noisy.shape[3:]:
+                raise ValueError(f"the student pads {self.pad_frames} latent frame(s) in front "
+                                 f"(geometry.student_pad_frames): pass pad [B, C, {self.pad_frames}, H, W], "
+                                 f"got {None if pad is None else tuple(pad.shape)}")
+            noisy = torch.cat([pad.to(noisy.dtype), noisy], dim=2)
         self._armed = self.projector is not None
         self._captured = None
-        if self.pad_frames:
-            noisy = torch.cat([noisy[:, :, :1].expand(-1, -1, self.pad_frames, -1, -1), noisy], dim=2)
         try:
             pred = self.family.predict(self.transformer, noisy, text, timestep, conditioning)
         finally:

@@ -158,7 +158,7 @@ def test_tiny_families_copy_the_release_features(name):
     assert torch.equal(cos, ref_cos) and torch.equal(sin, ref_sin)
 
 
-def test_tiny_1_5_student_pads_the_latent_in_front_and_drops_the_pad_prediction():
+def test_tiny_1_5_student_puts_the_padding_frame_in_front_and_drops_its_prediction():
     cfg = resolve_tiny(load_config("tiny_cogvideox15"))
     cfg.train.gradient_checkpointing = False
     torch.manual_seed(0)
@@ -172,9 +172,12 @@ def test_tiny_1_5_student_pads_the_latent_in_front_and_drops_the_pad_prediction(
     rotary = COGVIDEOX.conditioning(student.transformer, cfg, torch.device("cpu"))
     captured = []
     student.projector.register_forward_pre_hook(lambda mod, args: captured.append(args[0].shape))
+    pad = torch.randn(2, c, 1, h, w, generator=gen)  # the caller's padding frame (train/step.py: fresh noise)
+    with pytest.raises(ValueError, match="pads 1 latent frame"):
+        student(noisy, text, t, rotary)
     with torch.no_grad():
-        pred, projected = student(noisy, text, t, rotary)
-        padded = torch.cat([noisy[:, :, :1], noisy], dim=2).transpose(1, 2)  # 5 -> 6 latent frames, [B, F, C, H, W]
+        pred, projected = student(noisy, text, t, rotary, pad=pad)
+        padded = torch.cat([pad, noisy], dim=2).transpose(1, 2)  # 5 -> 6 latent frames, [B, F, C, H, W]
         ref = student.transformer(hidden_states=padded, encoder_hidden_states=text, timestep=t,
                                   image_rotary_emb=rotary, return_dict=False)[0]
     assert pred.shape == noisy.shape and torch.equal(pred, ref[:, 1:].transpose(1, 2))

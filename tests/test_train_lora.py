@@ -140,3 +140,31 @@ def test_tsa_sample_takes_a_lora_checkpoint(shards, tmp_path):
                  "--height", str(g.height), "--width", str(g.width))
     assert adapted.shape == base.shape
     assert np.abs(adapted.astype(np.int16) - base.astype(np.int16)).mean() > 1.0
+
+
+def test_lora_adapters_train_at_train_lora_lr_and_old_runs_keep_train_lr(shards, tmp_path):
+    """train.lora.lr (1e-4 by default) is the adapters' rate, not train.lr (the full fine-tune's,
+    1e-3 in tiny); a LoRA run whose config.yaml predates the key resumes at the rate it trained at."""
+    import yaml
+
+    from tsa.train.optim import build_optimizer
+
+    cfg = load_config("tiny", LORA)
+    assert cfg.train.lora.lr == 1e-4 and cfg.train.lr == 1e-3
+    student = torch.nn.Sequential()
+    student.add_module("projector", torch.nn.Linear(2, 2))
+    student.add_module("body", torch.nn.Linear(2, 2))
+    groups = {g["name"]: g["lr"] for g in build_optimizer(student, cfg.train).param_groups}
+    assert groups == {"student": 1e-4, "projector": 1e-3}
+    full = {g["name"]: g["lr"] for g in build_optimizer(student, load_config("tiny").train).param_groups}
+    assert full == {"student": 1e-3, "projector": 1e-3}
+
+    out = tmp_path / "run"
+    _train(shards, out, "train.max_steps=1", *LORA)
+    assert read_metrics(out)[0]["lr"] == pytest.approx(0.5e-4)  # warm-up step 1 of 2
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["train"]["lora"]["lr"]  # as written before train.lora.lr existed
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    _train(shards, out, "train.max_steps=2", resume=True)
+    assert read_metrics(out)[1]["lr"] == pytest.approx(1e-3)
+    assert load_config(out / "config.yaml").train.lora.lr == 1e-3  # written down now

@@ -124,3 +124,38 @@ def test_posterior_sample_normalises_with_a_scalar_or_per_channel_norm():
     assert scale.shape == shift.shape == (2, 1, 1, 1)
     ref = torch.stack([(z[0] - 1.0) * 2.0, (z[1] + 1.0) * 0.5])
     torch.testing.assert_close(posterior_sample(mean, logvar, 0, 3, scale, shift).double(), ref, rtol=0, atol=1e-5)
+
+
+def test_cogvideox15_padding_frame_is_frame_0_with_fresh_noise(scheduler):
+    """CogVideoX1.5 (one latent frame padded in front): the student gets the clean frame 0 noised
+    at the sample's timestep with noise of its own, not a copy of the noisy frame 0; the sample's
+    timestep and latent noise are those of an unpadded model."""
+    from tsa.configs import load_config
+    from tsa.train.loss import draw_pad_noise
+    from tsa.train.step import StepContext, micro_batch_losses
+
+    cfg = load_config("tiny_cogvideox15", ["align.loss=none"])
+    c, f, h, w = cfg.geometry.latent_shape
+    assert cfg.geometry.student_pad_frames == 1
+    obj = DiffusionObjective(scheduler)
+    seen = {}
+
+    def model(noisy, text, timestep, conditioning, pad=None):
+        seen.update(noisy=noisy, pad=pad, t=timestep)
+        return torch.zeros_like(noisy), None
+
+    gen = torch.Generator().manual_seed(0)
+    batch = {"latent": torch.randn(2, c, f, h, w, generator=gen), "text": torch.randn(2, *cfg.geometry.text_shape),
+             "index": [5, 11]}
+    micro_batch_losses(model, batch, StepContext(cfg, obj, torch.device("cpu"), None))
+    for i, j in enumerate(batch["index"]):
+        t, noise = draw_noise(cfg.seed, j, (c, f, h, w), obj.num_timesteps)
+        assert int(seen["t"][i]) == t
+        want_noisy, _ = obj.noisy_and_target(batch["latent"][i:i + 1], noise[None], torch.tensor([t]))
+        assert torch.equal(seen["noisy"][i:i + 1], want_noisy)  # unchanged by the padding
+        fresh = draw_pad_noise(cfg.seed, j, (c, 1, h, w))
+        want_pad, _ = obj.noisy_and_target(batch["latent"][i:i + 1, :, :1], fresh[None], torch.tensor([t]))
+        torch.testing.assert_close(seen["pad"][i:i + 1], want_pad, rtol=0, atol=0)
+        # its noise is not frame 0's: the padding is not a copy of the noisy frame 0
+        assert not torch.allclose(seen["pad"][i, :, 0], seen["noisy"][i, :, 0], atol=1e-3)
+        assert not torch.allclose(fresh[:, 0], noise[:, 0], atol=1e-3)

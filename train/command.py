@@ -72,6 +72,18 @@ def _check_same_config(config: str, saved: Path, overrides: list[str]) -> None:
                           + ". Resume without --config (the run's config is used), or change keys with -o key=value")
 
 
+def _keys_added_since(saved: Path, overrides: list[str]) -> list[str]:
+    """Overrides that keep a run saved before a key existed training as it did: a LoRA run's
+    config.yaml without `train.lora.lr` trained its adapters at `train.lr`."""
+    data = yaml.safe_load(saved.read_text()) or {}
+    train = data.get("train") or {}
+    lora = train.get("lora") or {}
+    given = {o.split("=", 1)[0].strip() for o in overrides}
+    if lora.get("rank", 0) > 0 and "lr" not in lora and "train.lora.lr" not in given and "lr" in train:
+        return [*overrides, f"train.lora.lr={train['lr']}"]
+    return overrides
+
+
 def prepare_job(shards: Path | str, out: Path | str, config: Optional[str], overrides: list[str], *,
                 resume: bool = False, max_steps: Optional[int] = None, checkpoint_every: Optional[int] = None,
                 skip_bad_samples: bool = False) -> tuple[TrainJob, Config]:
@@ -92,6 +104,7 @@ def prepare_job(shards: Path | str, out: Path | str, config: Optional[str], over
     if resume:
         if not saved.is_file():
             raise ConfigError(f"--resume: {saved} not found (is {out} a tsa train output?)")
+        extra = _keys_added_since(saved, extra)
         if config is not None:
             _check_same_config(config, saved, extra)
         base: Optional[str] = str(saved)

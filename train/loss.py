@@ -52,6 +52,14 @@ def draw_noise(seed: int, index: int, latent_shape, num_timesteps: int) -> tuple
     return t, torch.randn(tuple(latent_shape), generator=g)
 
 
+def draw_pad_noise(seed: int, index: int, pad_shape) -> torch.Tensor:
+    """Gaussian noise [C, P, H, W] fp32 for the P latent frames a temporal patch adds in front
+    (CogVideoX1.5), from the sample's own third stream: fresh noise, as the sampler's padding
+    frame has, and the sample's timestep and latent noise stay what they are without padding."""
+    g = torch.Generator().manual_seed(sample_seed(seed, index, 2))
+    return torch.randn(tuple(pad_shape), generator=g)
+
+
 def posterior_sample(mean: torch.Tensor, logvar: torch.Tensor, seed: int, index: int,
                      scale, shift=0.0) -> torch.Tensor:
     """One VAE posterior sample z from stored moments [C, F, H, W], normalised as the family

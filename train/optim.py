@@ -13,11 +13,17 @@ from torch import nn
 from tsa.configs.schema import TrainConfig
 
 
+def student_lr(train: TrainConfig) -> float:
+    """The transformer group's rate: `train.lora.lr` for LoRA adapters, `train.lr` for a full
+    fine-tune (2e-6 would barely move adapters whose B starts at zero)."""
+    return train.lora.lr if train.lora.rank > 0 else train.lr
+
+
 def build_optimizer(model: nn.Module, train: TrainConfig, device: torch.device = torch.device("cpu")
                     ) -> torch.optim.AdamW:
     """`model` is the (possibly wrapped) Student: parameters under `projector.` get
-    `train.projector_lr`, all others `train.lr`; weight decay on both. On CUDA the fused
-    AdamW kernel (one launch for all parameters instead of several per tensor)."""
+    `train.projector_lr`, all others `train.lr` (`train.lora.lr` with LoRA); weight decay on
+    both. On CUDA the fused AdamW kernel (one launch for all parameters instead of several per tensor)."""
     student, projector = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -25,7 +31,7 @@ def build_optimizer(model: nn.Module, train: TrainConfig, device: torch.device =
         if p.dtype != torch.float32:
             raise ValueError(f"parameter {name} is {p.dtype}: master weights must be float32")
         (projector if ".projector." in f".{name}" else student).append(p)
-    groups = [{"params": student, "lr": train.lr, "name": "student"}]
+    groups = [{"params": student, "lr": student_lr(train), "name": "student"}]
     if projector:
         groups.append({"params": projector, "lr": train.projector_lr, "name": "projector"})
     return torch.optim.AdamW(groups, betas=tuple(train.betas), weight_decay=train.weight_decay,
@@ -54,7 +60,7 @@ def apply_train_config(optimizer: torch.optim.Optimizer, scheduler: torch.optim.
     """After loading a checkpoint, which restores the saved run's lr, weight decay, betas and
     warm-up: put the config's values back (a resume may change them with -o) and keep only the
     checkpoint's step count and AdamW moments."""
-    lrs = {"student": train.lr, "projector": train.projector_lr}
+    lrs = {"student": student_lr(train), "projector": train.projector_lr}
     scheduler.lr_lambdas = [WarmupConstant(train.warmup_steps) for _ in optimizer.param_groups]
     scheduler.base_lrs = []
     for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):

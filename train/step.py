@@ -9,7 +9,7 @@ from torch import nn
 
 from tsa.configs.schema import Config
 from tsa.train.data import stack
-from tsa.train.loss import alignment_loss, diffusion_loss, draw_noise, posterior_sample
+from tsa.train.loss import alignment_loss, diffusion_loss, draw_noise, draw_pad_noise, posterior_sample
 
 
 @dataclass
@@ -45,6 +45,19 @@ def clean_latents(batch: dict[str, Any], ctx: StepContext) -> torch.Tensor:
     return to_device(stack(x0, ctx.device.type == "cuda"), ctx)
 
 
+def padding_frames(x0: torch.Tensor, t: torch.Tensor, index, ctx: StepContext) -> torch.Tensor:
+    """The noisy latent frames a temporal patch needs in front (CogVideoX1.5: 1 for 21 latent
+    frames) [B, C, P, H, W]: the clean frame 0 noised at the sample's timestep with fresh noise of
+    its own (as CogVideo's fine-tuning pads, and as the sampler's padding frame is its own noise),
+    never a copy of the noisy frame 0, whose noise would repeat."""
+    c, _, h, w = x0.shape[1:]
+    pad = ctx.cfg.geometry.student_pad_frames
+    fresh = to_device(stack([draw_pad_noise(ctx.cfg.seed, j, (c, pad, h, w)) for j in index],
+                            ctx.device.type == "cuda"), ctx)
+    noisy, _ = ctx.objective.noisy_and_target(x0[:, :, :1].expand(-1, -1, pad, -1, -1), fresh, t)
+    return noisy
+
+
 def micro_batch_losses(model: nn.Module, batch: dict[str, Any], ctx: StepContext) -> dict[str, torch.Tensor]:
     """{"loss", "loss_diffusion", "loss_align"}: fp32 scalars (loss_align 0 for align.loss none)."""
     from tsa.core import mask_to_index
@@ -55,10 +68,13 @@ def micro_batch_losses(model: nn.Module, batch: dict[str, Any], ctx: StepContext
     t = torch.tensor([d[0] for d in draws], dtype=torch.long, device=dev)
     noise = to_device(stack([d[1] for d in draws], dev.type == "cuda"), ctx)
     noisy, target = ctx.objective.noisy_and_target(x0, noise, t)
+    extra = {}
+    if cfg.geometry.student_pad_frames:
+        extra["pad"] = padding_frames(x0, t, batch["index"], ctx)
     text = to_device(batch["text"], ctx, torch.float32)
     dtype = ctx.autocast_dtype
     with torch.autocast(device_type=dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        pred, projected = model(noisy, text, ctx.objective.model_timestep(t), ctx.conditioning)
+        pred, projected = model(noisy, text, ctx.objective.model_timestep(t), ctx.conditioning, **extra)
     l_diff = diffusion_loss(pred, target)
     if cfg.align.loss == "none":
         l_align = torch.zeros((), device=dev)
