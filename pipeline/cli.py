@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -27,7 +27,9 @@ from tsa.pipeline.run import RunResult
 
 
 class RateColumn(ProgressColumn):
-    """Clips per second over the whole run so far (steady enough for a long run)."""
+    """Clips per second over the whole run so far (steady enough for a long run). The bar's
+    position counts clips through the stages (pipeline/progress.py), so at a steady state this
+    is the rate clips are written at."""
 
     def render(self, task) -> Text:
         elapsed = task.elapsed or 0.0
@@ -153,7 +155,10 @@ def preprocess(
                                                                 "after --subset/--where; writes OUT/subset.txt."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of --sample (default 0)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address",
-                                              help="Ray cluster: `auto` or HOST:PORT. Default: local Ray in-process."),
+                                              help="Ray to run on: `local` (a new Ray started by this command), "
+                                                   "`auto` (the `ray start` cluster of this machine) or HOST:PORT. "
+                                                   "Default: $RAY_ADDRESS when set (as under `ray job submit`), else "
+                                                   "local; never a `ray start` cluster unless asked."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete a previous output in --out and start over."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Process the failed clips of an existing output "
                                                                     "again, in place (and any unfinished shard)."),
@@ -191,10 +196,19 @@ def preprocess(
         raise typer.Exit(2)
     _quiet_ray_logs()
 
-    bar = Progress(TextColumn("[bold]preprocess"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+    bar = Progress(TextColumn("[bold]preprocess"), BarColumn(),
+                   TextColumn("{task.fields[written]}/{task.total:.0f} written"), RateColumn(),
                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
                    console=console, disable=not progress, transient=False)
-    state: dict[str, Any] = {"task": None, "ok": 0, "failed": 0, "skipped": 0}
+    state: dict[str, Any] = {"task": None, "todo": 0, "ok": 0, "failed": 0, "skipped": 0, "stages": {}}
+
+    def redraw() -> None:
+        from tsa.pipeline.progress import STAGES, position
+
+        written = state["ok"] + state["failed"] + state["skipped"]
+        stages = " ".join(f"{s} {state['stages'].get(s, 0)}" for s in STAGES)
+        bar.update(state["task"], completed=position(state["stages"], written, state["todo"]), written=written,
+                   status=f"{stages} | ok {state['ok']} failed {state['failed']} skipped {state['skipped']}")
 
     def on_start(todo: int, total: int) -> None:
         if retry_failed:
@@ -202,12 +216,17 @@ def preprocess(
                           f"those of unfinished shards)")
         elif todo < total:
             console.print(f"resuming: {total - todo} of {total} clips are in finished shards")
-        state["task"] = bar.add_task("clips", total=todo, status="")
+        state["todo"] = todo
+        state["task"] = bar.add_task("clips", total=todo, status="", written=0)
 
     def on_row(row: dict[str, Any]) -> None:
         state[row["status"]] = state.get(row["status"], 0) + 1
-        bar.update(state["task"], advance=1,
-                   status=f"ok {state['ok']} failed {state['failed']} skipped {state['skipped']}")
+        redraw()
+
+    def on_progress(counts: dict[str, int]) -> None:
+        state["stages"] = counts
+        if state["task"] is not None:
+            redraw()
 
     def on_plan(lines: list[str]) -> None:
         for line in lines:
@@ -218,7 +237,7 @@ def preprocess(
             result = run_preprocess(src, out, cfg, subset=subset, limit=limit, ray_address=ray_address,
                                     overwrite=overwrite, retry_failed=retry_failed, staging=staging,
                                     on_start=on_start,
-                                    on_row=on_row, on_plan=on_plan,
+                                    on_row=on_row, on_plan=on_plan, on_progress=on_progress,
                                     on_notice=lambda line: console.print(f"[yellow]warning:[/] {line}",
                                                                          soft_wrap=True, highlight=False),
                                     csvs=csv, videos=videos, where=where, sample=sample, seed=seed)

@@ -23,6 +23,7 @@ import torch
 
 from tsa.configs.schema import Config, config_from_dict
 from tsa.models.text import encoder_device, encoder_dtype
+from tsa.pipeline.progress import report
 
 def _resolved(cfg_dict: dict[str, Any], cache_dir: Optional[str]) -> Config:
     from tsa.models.tiny import resolve_tiny
@@ -101,7 +102,8 @@ def _free_cuda() -> None:
 class TeacherStage:
     """teacher_in float32 [B, 3, T, h, w] -> teacher float32 [B, N, dim]."""
 
-    def __init__(self, cfg_dict: dict[str, Any], cache_dir: Optional[str] = None):
+    def __init__(self, cfg_dict: dict[str, Any], cache_dir: Optional[str] = None, progress=None):
+        self.progress = progress  # pipeline.progress.StageCounter: clips done, per batch
         from tsa.models.teacher import load_teacher
 
         self.cfg = _resolved(cfg_dict, cache_dir)
@@ -123,6 +125,7 @@ class TeacherStage:
 
         run_rows("teacher", batch, compute)
         batch["teacher"] = out
+        report(self.progress, "teacher", len(out))
         return batch
 
 
@@ -141,7 +144,8 @@ class VaeStage:
     normalised as the student family trains on it: x scaling_factor for CogVideoX, per-channel
     (z - mean) / std for Wan; noise seeded from the key) or latent_mean + latent_logvar (raw)."""
 
-    def __init__(self, cfg_dict: dict[str, Any], cache_dir: Optional[str] = None):
+    def __init__(self, cfg_dict: dict[str, Any], cache_dir: Optional[str] = None, progress=None):
+        self.progress = progress  # pipeline.progress.StageCounter: clips done, per batch
         from tsa.models.family import student_family
 
         self.cfg = _resolved(cfg_dict, cache_dir)
@@ -185,13 +189,15 @@ class VaeStage:
 
         run_rows("vae", batch, compute)
         batch.update(outs)
+        report(self.progress, "vae", len(frames))
         return batch
 
 
 class TextStage:
     """caption -> text float32 [B, L, D] (models/text.py)."""
 
-    def __init__(self, cfg_dict: dict[str, Any], cache_dir: Optional[str] = None):
+    def __init__(self, cfg_dict: dict[str, Any], cache_dir: Optional[str] = None, progress=None):
+        self.progress = progress  # pipeline.progress.StageCounter: clips done, per batch
         from tsa.models.text import TextEncoder
 
         self.cfg = _resolved(cfg_dict, cache_dir)
@@ -210,4 +216,5 @@ class TextStage:
 
         run_rows("text", batch, compute)
         batch["text"] = out
+        report(self.progress, "text", len(out))
         return batch

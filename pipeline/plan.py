@@ -11,7 +11,9 @@ Decode tasks are not pooled: Ray Data runs as many as the CPUs left over allow.
 `check_storage` runs one task pinned to every alive node: each checks that it can read the
 source folder and a sample of the clips the driver can read, and create and delete a file in
 `--out`. A node that cannot stops the run with an error naming the node and the path (else
-it would mark good clips "file not found").
+it would mark good clips "file not found"). Answers are keyed by Ray node id, not address:
+nodes that share an IP (containers on the host network, `ray.cluster_utils.Cluster`) are
+each checked and named apart (`node 10.0.0.7 (worker-3, id 5f1c2a9e)`).
 """
 from __future__ import annotations
 
@@ -80,15 +82,34 @@ def make_plan(cfg: Config, nodes: int, cpus: float, gpus: float, num_clips: int)
     return plan
 
 
+def _blind(path: str) -> bool:
+    """Test hook `storage_blind: {"node": NODE_ID, "path": PREFIX}`: on that Ray node, paths
+    under PREFIX behave as missing (a node without the shared mount); nothing without the hook."""
+    from tsa.pipeline.hooks import test_hook
+
+    spec = test_hook("storage_blind")
+    if not spec:
+        return False
+    try:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 (not in a Ray worker)
+        return False
+    return node == spec.get("node") and (path == spec.get("path") or path.startswith(spec.get("path", "") + "/"))
+
+
 def node_storage_problems(src: str, clips: list[str], out: str) -> list[str]:
     """What this machine cannot do: read `src` and `clips` (which the driver could read), write `out`."""
     problems = []
     if "://" in src:  # a bucket: each decode worker fetches its clips (pipeline/remote_src.py)
         clips = []
-    elif not os.path.isdir(src):
+    elif _blind(src) or not os.path.isdir(src):
         problems.append(f"cannot see --src {src}")
     for path in clips:
         try:
+            if _blind(path):
+                raise FileNotFoundError(2, "No such file or directory")
             with open(path, "rb") as f:
                 f.read(1)
         except OSError as e:
@@ -98,6 +119,8 @@ def node_storage_problems(src: str, clips: list[str], out: str) -> list[str]:
         return problems
     probe = os.path.join(out, f".tsa-write-check-{uuid.uuid4().hex}")
     try:
+        if _blind(out):
+            raise FileNotFoundError(2, "No such file or directory")
         with open(probe, "wb") as f:
             f.write(b"ok")
         os.unlink(probe)
@@ -118,22 +141,31 @@ def readable_sample(paths: list[str], n: int = CHECK_CLIPS) -> list[str]:
     return [p for p in paths[::step][:4 * n] if os.path.isfile(p)][:n]
 
 
+def node_label(node: dict[str, Any], host: str = "") -> str:
+    """`10.0.0.7 (worker-3, id 5f1c2a9e)`: the address, the host name when known, and the
+    start of the Ray node id (two nodes may share an address)."""
+    inside = ", ".join(x for x in (host, f"id {node['NodeID'][:8]}") if x)
+    return f"{node.get('NodeManagerAddress', '?')} ({inside})"
+
+
 def check_storage(ray_module, src: str, clips: list[str], out: str, timeout_s: float = 120.0) -> list[str]:
-    """Run `node_storage_problems` on every alive node; returns one line per failing node."""
+    """Run `node_storage_problems` on every alive node (keyed by node id); returns one line
+    per problem, each naming its node."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     if out:
         os.makedirs(out, exist_ok=True)
     task = ray_module.remote(num_cpus=0)(_node_check)
-    nodes = [n for n in ray_module.nodes() if n.get("Alive")]
-    refs = {n["NodeManagerAddress"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-        n["NodeID"], soft=False)).remote(src, clips, out) for n in nodes}
+    nodes = {n["NodeID"]: n for n in ray_module.nodes() if n.get("Alive")}
+    refs = {node_id: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
+                                  ).remote(src, clips, out) for node_id in nodes}
     ready, _ = ray_module.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
     lines = []
-    for addr, ref in refs.items():
+    for node_id, ref in refs.items():
         if ref not in ready:
-            lines.append(f"node {addr}: the storage check did not answer within {timeout_s:g} s")
+            lines.append(f"node {node_label(nodes[node_id])}: the storage check did not answer within "
+                         f"{timeout_s:g} s")
             continue
         res = ray_module.get(ref)
-        lines += [f"node {addr} ({res['host']}): {p}" for p in res["problems"]]
+        lines += [f"node {node_label(nodes[node_id], res['host'])}: {p}" for p in res["problems"]]
     return lines

@@ -207,28 +207,31 @@ def configure_ray_data() -> None:
     ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
 
 
-def prepare_dataset(items: list[ClipItem], cfg: Config):
-    """The lazy Ray Dataset of the CPU stage: one row per item (see pipeline/prepare.py)."""
+def prepare_dataset(items: list[ClipItem], cfg: Config, progress=None):
+    """The lazy Ray Dataset of the CPU stage: one row per item (see pipeline/prepare.py).
+    `progress`: a pipeline.progress.StageCounter actor each decoded clip is reported to."""
     import ray
 
     configure_ray_data()
     rows = [{"index": it.index, "key": it.key, "video": it.video, "path": it.path, "caption": it.caption,
              "status": it.status, "error": it.error, "extras_json": _dumps(it.extras)} for it in items]
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))  # one clip per task
-    return ds.map(_prepare_row, fn_kwargs={"cfg_dict": cfg.to_dict()}, num_cpus=cfg.preprocess.decode.num_cpus)
+    return ds.map(_prepare_row, fn_kwargs={"cfg_dict": cfg.to_dict(), "progress": progress},
+                  num_cpus=cfg.preprocess.decode.num_cpus)
 
 
-def build_dataset(items: list[ClipItem], cfg: Config, actors: Optional[dict[str, int]] = None):
+def build_dataset(items: list[ClipItem], cfg: Config, actors: Optional[dict[str, int]] = None, progress=None):
     """The lazy Ray Dataset of finished rows for `items` (see the module docstring). `actors`:
-    pool size per model stage (pipeline.plan.make_plan); default: the config's integers, 1 for auto."""
+    pool size per model stage (pipeline.plan.make_plan); default: the config's integers, 1 for auto.
+    `progress`: a pipeline.progress.StageCounter actor every stage reports its clips to."""
     from ray.data import ActorPoolStrategy
 
     from tsa.models.cache import cache_root
     from tsa.pipeline.encoders import TeacherStage, TextStage, VaeStage
 
-    ds = prepare_dataset(items, cfg)
+    ds = prepare_dataset(items, cfg, progress)
     p = cfg.preprocess
-    kwargs = {"cfg_dict": cfg.to_dict(), "cache_dir": str(cache_root())}
+    kwargs = {"cfg_dict": cfg.to_dict(), "cache_dir": str(cache_root()), "progress": progress}
     for name, stage in (("vae", VaeStage), ("teacher", TeacherStage), ("text", TextStage)):
         res = getattr(p, name)
         size = (actors or {}).get(name) or (res.actors if isinstance(res.actors, int) else 1)
@@ -247,18 +250,21 @@ def _dumps(obj: Any) -> str:
 _PREPARE_CACHE: dict[str, Any] = {}
 
 
-def _prepare_row(row: dict[str, Any], cfg_dict: dict[str, Any]) -> dict[str, Any]:
+def _prepare_row(row: dict[str, Any], cfg_dict: dict[str, Any], progress=None) -> dict[str, Any]:
     """Dataset.map function: rebuilds the item's extras and runs Prepare (cached per worker)."""
     import json
 
     from tsa.pipeline.prepare import Prepare
+    from tsa.pipeline.progress import report
 
     tag = _dumps(cfg_dict)
     prep = _PREPARE_CACHE.get(tag)
     if prep is None:
         prep = _PREPARE_CACHE[tag] = Prepare(cfg_dict)
     item = dict(row, extras=json.loads(row.pop("extras_json")))
-    return prep(item)
+    done = prep(item)
+    report(progress, "decode", 1)
+    return done
 
 
 def shard_slots(items: list[ClipItem], sps: int, total: int) -> dict[int, list[int]]:
@@ -335,9 +341,11 @@ _END = object()
 
 
 def iter_with_watchdog(rows, stall_s: float, describe: Callable[[float], str],
-                       poll: Optional[Callable[[], None]] = None, poll_s: float = 15.0):
+                       poll: Optional[Callable[[], None]] = None, poll_s: float = 15.0,
+                       tick: Optional[Callable[[], None]] = None, tick_s: float = 0.5):
     """Yield from `rows` (iterated in a helper thread); raise RunStalled(describe(stall_s)) when
-    no row arrives for `stall_s` seconds. `poll()` runs every `poll_s` seconds while waiting."""
+    no row arrives for `stall_s` seconds. `poll()` runs every `poll_s` seconds and `tick()`
+    (the progress probe) every `tick_s` seconds, whether rows come or not."""
     import queue
     import threading
 
@@ -353,15 +361,20 @@ def iter_with_watchdog(rows, stall_s: float, describe: Callable[[float], str],
 
     threading.Thread(target=pump, name="tsa-rows", daemon=True).start()
     last = time.monotonic()
+    timers = [[fn, every, last + every] for fn, every in ((poll, poll_s), (tick, tick_s)) if fn is not None]
     while True:
+        now = time.monotonic()
+        for timer in timers:
+            if now >= timer[2]:
+                timer[0]()
+                timer[2] = time.monotonic() + timer[1]
         left = stall_s - (time.monotonic() - last)
         if left <= 0:
             raise RunStalled(describe(stall_s))
+        wait = min([left] + [t[2] - time.monotonic() for t in timers])
         try:
-            item = q.get(timeout=min(left, poll_s) if poll is not None else left)
+            item = q.get(timeout=max(wait, 0.001))
         except queue.Empty:
-            if poll is not None:
-                poll()
             continue
         last = time.monotonic()
         if item is _END:
@@ -380,7 +393,8 @@ class NodeWatch:
 
     def _alive(self) -> dict[str, str]:
         try:
-            return {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in self.ray.nodes() if n.get("Alive")}
+            return {n["NodeID"]: f"{n.get('NodeManagerAddress', '?')} (id {n['NodeID'][:8]})"
+                    for n in self.ray.nodes() if n.get("Alive")}
         except Exception:  # a cluster that does not answer shows up in the stall message
             return {}
 
@@ -495,13 +509,15 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
                    on_start: Optional[Callable[[int, int], None]] = None,
                    on_row: Optional[Callable[[dict[str, Any]], None]] = None,
                    on_plan: Optional[Callable[[list[str]], None]] = None,
-                   on_notice: Optional[Callable[[str], None]] = None, **inputs: Any) -> RunResult:
+                   on_notice: Optional[Callable[[str], None]] = None,
+                   on_progress: Optional[Callable[[dict[str, int]], None]] = None, **inputs: Any) -> RunResult:
     """Preprocess the clips in `src` into `out`. `cfg` is used with its model refs as written
     (e.g. `tiny`); they are resolved for hashing here and inside each actor. `inputs`: the other
     input options of `pipeline.inputs.select_inputs` (csvs, videos, where, sample, seed).
 
-    `on_start(todo_clips, total_clips)`, `on_row(manifest_row)`, `on_plan(lines)` and
-    `on_notice(line)` (a node left the cluster) drive the display. `retry_failed` also re-processes the failed rows of finished shards, in place.
+    `on_start(todo_clips, total_clips)`, `on_row(manifest_row)`, `on_plan(lines)`,
+    `on_notice(line)` (a node left the cluster) and `on_progress(counts)` (clips finished per
+    stage, pipeline/progress.py; about twice a second) drive the display. `retry_failed` also re-processes the failed rows of finished shards, in place.
 
     `out` may be a URL (`s3://bucket/prefix`, `gs://...`): the run works in a local staging folder
     (`staging`, default under $TMPDIR) and commits each shard to the bucket by uploading its tar,
@@ -522,7 +538,7 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
     try:
         return _run(selection, remote, Path(out) if remote is None else remote.staging, cfg,
                     ray_address=ray_address, overwrite=overwrite, retry_failed=retry_failed, on_start=on_start,
-                    on_row=on_row, on_plan=on_plan, on_notice=on_notice)
+                    on_row=on_row, on_plan=on_plan, on_notice=on_notice, on_progress=on_progress)
     except (RemoteOutputError, StorageError) as e:  # a bucket request that failed mid-run: committed shards
         raise PreprocessError(str(e)) from None      # are kept, the same command resumes
     finally:
@@ -531,7 +547,7 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
 
 
 def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, retry_failed, on_start, on_row,
-         on_plan, on_notice) -> RunResult:
+         on_plan, on_notice, on_progress=None) -> RunResult:
     """run_preprocess after the inputs are selected; `out` is the local folder (the staging
     folder of `remote`, an output in a bucket)."""
     import copy
@@ -542,6 +558,7 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
     from tsa.shards.finalize import finalize
     from tsa.models.refs import model_records, vae_normalization
     from tsa.pipeline.plan import check_storage, cluster_totals, make_plan, readable_sample
+    from tsa.pipeline.progress import ProgressProbe, start_counter
     from tsa.shards.remote_out import RemoteOutputError
 
     if remote is not None:
@@ -586,6 +603,7 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
             result.removed_partial += _prepare_remote(remote, overwrite)
     else:
         started, result.ray_start_s = start_ray(ray_address)
+        counter = None
         try:
             _check_gpus(cfg, ray)
             plan = make_plan(cfg, *cluster_totals(ray), num_clips=len(todo))
@@ -605,12 +623,14 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
                 on_start(len(todo), len(items))
             t0 = time.perf_counter()
             before = _running_executors()
-            ds = build_dataset(todo, cfg, plan.actors)
+            counter = start_counter(ray)
+            probe = ProgressProbe(ray, counter, on_progress)
+            ds = build_dataset(todo, cfg, plan.actors, progress=counter)
             state = {"rows": 0}
             rows = iter_with_watchdog(
                 ds.iter_rows(), cfg.preprocess.stall_timeout_s,
                 lambda s: describe_stall(ray, cfg, len(todo) - state["rows"], len(todo), s),
-                poll=NodeWatch(ray, on_notice))
+                poll=NodeWatch(ray, on_notice), tick=probe)
 
             def counted(row: dict[str, Any]) -> None:
                 state["rows"] += 1
@@ -629,8 +649,11 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
             except BaseException:  # stalled, interrupted: stop this run's Ray Data execution too
                 _stop_executors(before)
                 raise
+            probe.final()
             result.process_s = time.perf_counter() - t0
         finally:
+            if counter is not None and not started:  # a caller's Ray outlives this run
+                ray.kill(counter)
             if started:
                 ray.shutdown()
     result.counts = finalize(out, n_shards, tuple(cfg.geometry.teacher_grid),

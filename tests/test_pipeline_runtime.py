@@ -220,8 +220,8 @@ def test_watchdog_polls_and_reports_a_lost_node():
 
     with pytest.raises(RunStalled):
         list(iter_with_watchdog(rows(), 1.0, str, poll=watch, poll_s=0.2))
-    assert len(notices) == 1 and notices[0].startswith("node 10.0.0.2 left the Ray cluster; the run goes on "
-                                                       "with 1 node(s)")
+    assert len(notices) == 1 and notices[0].startswith("node 10.0.0.2 (id b) left the Ray cluster; the run goes "
+                                                       "on with 1 node(s)")
 
 
 def test_exit_rule():
@@ -314,3 +314,39 @@ def test_a_kill_while_a_retried_shard_is_published_leaves_it_to_be_redone(tmp_pa
     removed = {p.name for p in remove_partial_shards(out)}  # what the next run does first
     assert removed == {"shard-000000.tar.tmp", "shard-000000.tar"}
     assert list((out / "shards").iterdir()) == []  # shard 0 is not done: redone in full
+
+
+def test_no_ray_address_means_ray_address_env_or_a_new_local_ray(monkeypatch):
+    """Never a `ray start` cluster that happens to run on this machine (ray.init()'s default)."""
+    import ray
+
+    from tsa.pipeline.run import start_ray
+
+    calls = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw["address"]))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    start_ray(None)
+    start_ray("local")
+    start_ray("auto")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
+    start_ray(None)
+    assert calls == ["local", "local", "auto", "10.0.0.9:6379"]
+
+
+def test_the_progress_tick_runs_while_rows_flow_and_while_waiting():
+    from tsa.pipeline.progress import position
+    from tsa.pipeline.run import iter_with_watchdog
+
+    ticks = []
+
+    def rows():
+        for i in range(3):
+            time.sleep(0.3)
+            yield i
+
+    assert list(iter_with_watchdog(rows(), 10, str, tick=lambda: ticks.append(time.monotonic()), tick_s=0.1)) == \
+        [0, 1, 2]
+    assert len(ticks) >= 5
+    assert position({"decode": 4, "vae": 2}, 0, 4) == 6 / 5
+    assert position({"decode": 9, "vae": 9, "teacher": 9, "text": 9}, 9, 4) == 4  # capped at the clips to do

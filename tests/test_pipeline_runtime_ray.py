@@ -38,7 +38,7 @@ def ray_local(hooks):
     import ray
 
     assert not ray.is_initialized()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"], "TSA_TEST_HOOKS": str(hooks)}})
     yield ray
     ray.shutdown()
@@ -145,3 +145,20 @@ def test_a_stalled_run_stops_with_a_message_naming_what_waits(ray_local, hooks, 
     assert "1 alive node(s), 0 dead" in msg and "waiting for resources" in msg, msg
     assert not list((tmp_path / "out" / "shards").glob("*.tar"))  # nothing half-written is published
     assert not _running_executors()  # its Ray Data execution was shut down, not left holding the actors
+
+
+def test_progress_moves_per_clip_before_the_text_batch_lets_rows_out(ray_local, hooks, clips, cfg, tmp_path):
+    """tiny's T5 batch (8) holds all 3 clips, so no row reaches the driver before the end; the
+    stages' own counts (pipeline/progress.py) still move the bar clip by clip."""
+    from tsa.pipeline.progress import STAGES, position
+
+    hooks.write_text("{}")
+    seen, rows = [], []
+    result = run_preprocess(clips, tmp_path / "out", cfg, on_row=rows.append,
+                            on_progress=lambda c: seen.append((len(rows), dict(c))))
+    assert result.processed == 3 and len(rows) == 3
+    early = [c for written, c in seen if written == 0]
+    assert any(c.get("decode", 0) >= 1 for c in early), seen  # moved before any row was written
+    assert 0 < max(position(c, 0, 3) for c in early) < 3
+    assert {s: seen[-1][1].get(s) for s in STAGES} == {s: 3 for s in STAGES}
+    assert all(a.get(s, 0) <= b.get(s, 0) for (_, a), (_, b) in zip(seen, seen[1:]) for s in STAGES)
