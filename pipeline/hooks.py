@@ -2,6 +2,8 @@
 
     {"hang_decode": "clip.mp4"}      the decode child hangs in native code on that file name
     {"raise_stage": "vae:KEY"}      that model stage raises on any batch holding clip KEY
+    {"storage_blind": {"node": NODE_ID, "path": PREFIX}}
+                                    the storage check on that Ray node sees nothing under PREFIX
 
 The file is read at each use, so a test can change the faults between two runs of one Ray
 instance. Without the variable (every real run) nothing is read.
