@@ -151,7 +151,7 @@ def test_sigkill_then_resume_equals_uninterrupted(ref, clips, cfg, tmp_path):
     out = tmp_path / "out"
     # Batch size 1 everywhere, so rows (and shards) finish one by one and the kill lands mid-run;
     # batch sizes are resources, not part of the config fingerprint.
-    cmd = [sys.executable, "-c", "from cli import main; main()", "preprocess", "--src", str(clips), "--out", str(out),
+    cmd = [sys.executable, "-m", "tsa", "preprocess", "--src", str(clips), "--out", str(out),
            "--config", "tiny", "-o", SPS[0], "-o", "preprocess.text.batch_size=1", "-o",
            "preprocess.teacher.batch_size=1", "--no-progress"]
     # The last decodable clip hangs in its decode child (pipeline/hooks.py) until the kill, so the

@@ -120,7 +120,7 @@ def test_healthy_cli_run_prints_the_plan_and_no_ray_noise(tmp_path):
     """A real `tsa preprocess` process with its own Ray (not the module's)."""
     src = make_sample_clips(tmp_path / "clips", n=1, seed=3, broken=False)
     env = {k: v for k, v in os.environ.items() if k != "TSA_TEST_HOOKS"} | {"COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-c", "from cli import main; main()", "preprocess", "--src", str(src),
+    proc = subprocess.run([sys.executable, "-m", "tsa", "preprocess", "--src", str(src),
                            "--out", str(tmp_path / "out"), "--config", "tiny", "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=600)
     text = proc.stdout + proc.stderr

@@ -123,7 +123,7 @@ def test_kill_and_rerun_on_s3(server, s3_ref, local_ref, clips, cfg, tmp_path):
     url = f"s3://{BUCKET}/killed"
     # Batch size 1 everywhere, so shards finish one by one and the kill lands mid-run (batch
     # sizes are resources, not part of the config fingerprint).
-    cmd = [sys.executable, "-c", "from cli import main; main()", "preprocess", "--src", str(clips), "--out", url,
+    cmd = [sys.executable, "-m", "tsa", "preprocess", "--src", str(clips), "--out", url,
            "--config", "tiny", "-o", SPS[0], "-o", "preprocess.text.batch_size=1", "-o",
            "preprocess.teacher.batch_size=1", "--staging", str(tmp_path), "--no-progress"]
     # The last decodable clip hangs in its decode child (pipeline/hooks.py) until the kill, so the
