@@ -10,8 +10,14 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def _tsa_cache(tmp_path_factory):
+    """One tiny-model cache for the whole run, shared by the xdist workers (each worker's base
+    temp folder sits in the run's one folder): tiny models are written to a temporary name
+    and renamed, so workers that race build the same bytes and one of them wins."""
     old = os.environ.get("TSA_CACHE")
-    os.environ["TSA_CACHE"] = str(tmp_path_factory.mktemp("tsa_cache"))
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tsa_cache"
+    cache.mkdir(exist_ok=True)
+    os.environ["TSA_CACHE"] = str(cache)
     yield
     if old is None:
         os.environ.pop("TSA_CACHE", None)
