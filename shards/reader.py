@@ -38,6 +38,14 @@ class DataError(RuntimeError):
     """A shard or sample cannot be used; the message names the shard and the key."""
 
 
+class NotUsable(ValueError):
+    """dataset.json lacks what a reader needs, or has another format version."""
+
+
+# What `tsa train` and `tsa view` need from dataset.json before reading any shard.
+REQUIRED_KEYS = ["format_version", "geometry", "latents", "teacher_dtype", "mask_ratio", "members"]
+
+
 @dataclass(frozen=True)
 class SampleRef:
     """One sample of a complete shard: where its members are, from the shard's marker."""
@@ -116,7 +124,9 @@ class OutputInfo:
     """An opened preprocess output. `root` is the resolved location (absolute path or URL);
     markers and the manifest are read when first needed, then kept."""
 
-    def __init__(self, location: str | Path):
+    def __init__(self, location: str | Path, list_shards: bool = True):
+        """`list_shards=False` (a worker told which shard holds each key) skips the listing of
+        shards/: `shard_ids` stays empty and samples are read with `read_sample(..., shard=)`."""
         self.root = resolve(location)
         self.store = open_store(self.root)
         ds = join(self.root, DATASET_JSON)
@@ -129,7 +139,7 @@ class OutputInfo:
             self.dataset: dict[str, Any] = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise NotAnOutput(f"{ds}: not valid JSON ({e})") from None
-        listing = self.store.list_sizes(join(self.root, SHARDS_DIR))
+        listing = self.store.list_sizes(join(self.root, SHARDS_DIR)) if list_shards else {}
         self.shard_ids: list[int] = []
         self.tar_sizes: dict[int, int] = {}
         for name in sorted(listing):
@@ -205,6 +215,21 @@ class OutputInfo:
                             ". Copy the shard again, or delete its .tar and .json and run the same "
                             "`tsa preprocess` command to write it again (docs/storage.md)")
 
+    def check_usable(self) -> None:
+        """The up-front check of `tsa train` and `tsa view`: dataset.json has the keys readers
+        need and this format version (NotUsable), and no complete shard is shorter than its
+        marker says (DataError, `check_sizes`)."""
+        from tsa.shards.layout import FORMAT_VERSION
+
+        ds = self.where(DATASET_JSON)
+        missing = [k for k in REQUIRED_KEYS if k not in self.dataset]
+        if missing:
+            raise NotUsable(f"{ds}: missing key(s) {', '.join(missing)}")
+        if self.dataset["format_version"] != FORMAT_VERSION:
+            raise NotUsable(f"{ds}: format_version={self.dataset['format_version']}, this version of tsa reads "
+                            f"format_version={FORMAT_VERSION}")
+        self.check_sizes()
+
     # -- manifest, rows, keys -----------------------------------------------------------------
     @property
     def manifest(self) -> Optional[Any]:
@@ -259,20 +284,24 @@ class OutputInfo:
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise KeyError(f"no sample {key!r} in {self.root}{hint}")
 
-    def ref(self, key: str) -> SampleRef:
-        shard = self._shard_for_key(key)
-        if shard not in self.tar_sizes:
-            raise KeyError(f"{key!r}: its shard {shard_name(shard)}.tar is not complete in {self.root}")
+    def ref(self, key: str, shard: Optional[int] = None) -> SampleRef:
+        """The sample `key`; `shard` when the caller knows it (no manifest lookup, no listing)."""
+        if shard is None:
+            shard = self._shard_for_key(key)
+            if shard not in self.tar_sizes:
+                raise KeyError(f"{key!r}: its shard {shard_name(shard)}.tar is not complete in {self.root}")
         entry = self.marker(shard)["index"].get(key)
         if entry is None:
             raise KeyError(f"{key!r}: not in the index of {shard_name(shard)}.tar in {self.root}")
         return SampleRef(self.tar(shard), key, tuple((n, int(o), int(s)) for n, (o, s) in entry.items()))
 
-    def read_sample(self, key: str, names: Optional[list[str]] = None, decode: bool = True) -> dict[str, Any]:
+    def read_sample(self, key: str, names: Optional[list[str]] = None, decode: bool = True,
+                    shard: Optional[int] = None) -> dict[str, Any]:
         """Member name -> decoded value for one sample (np.ndarray for .npy, dict for .json, bytes
         for .jpg). `names` limits which members are read; members the sample lacks are left out.
-        Unknown key: KeyError with close matches; a damaged shard: DataError."""
-        ref = self.ref(key)
+        Unknown key: KeyError with close matches; a damaged shard: DataError. `shard`: the
+        sample's shard when known (see `ref`)."""
+        ref = self.ref(key, shard)
         present = [n for n, _, _ in ref.entry if names is None or n in names]
         raw = read_entry(self.store, ref, present)
         return {n: decode_member(n, b) for n, b in raw.items()} if decode else raw

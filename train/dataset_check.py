@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tsa.configs.schema import Config
-from tsa.shards.reader import DataError, NotAnOutput, OutputInfo, SampleRef, open_output
+from tsa.shards.reader import DataError, NotAnOutput, NotUsable, OutputInfo, SampleRef, open_output
 from tsa.shards.storage import StorageError, basename, join, parent, resolve
 
 
@@ -90,19 +90,14 @@ def open_dataset(path: str | Path) -> DatasetInfo:
     """The preprocess output at `path` (or its parent, when `path` is its shards/ folder), with
     every complete shard's marker read and its size checked (a truncated shard stops here,
     before step 1, even with --skip-bad-samples: docs/storage.md)."""
-    from tsa.shards.layout import FORMAT_VERSION, SHARDS_DIR
+    from tsa.shards.layout import SHARDS_DIR
 
     out = _open(path)
-    meta, ds = out.dataset, out.where("dataset.json")
-    needed = ["format_version", "geometry", "latents", "teacher_dtype", "mask_ratio", "members"]
-    missing = [k for k in needed if k not in meta]
-    if missing:
-        raise DatasetMismatch(f"{ds}: missing key(s) {', '.join(missing)}")
-    if meta["format_version"] != FORMAT_VERSION:
-        raise DatasetMismatch(f"{ds}: format_version={meta['format_version']}, this trainer reads "
-                              f"format_version={FORMAT_VERSION}")
+    meta = out.dataset
     try:
-        out.check_sizes()
+        out.check_usable()  # shared with tsa view (shards/reader.py): dataset.json keys, version, sizes
+    except NotUsable as e:
+        raise DatasetMismatch(str(e)) from None
     except StorageError as e:
         raise DataError(str(e)) from None
     # A shard whose clips all failed has a marker but no sample; data streams skip it.
