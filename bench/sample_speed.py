@@ -34,8 +34,9 @@ def main() -> None:
     from tsa.configs import load_config
     from tsa.models.tiny import resolve_tiny
     from tsa.media.mp4 import write_mp4
-    from tsa.evaluate.sample import BaseRefs, SampleOptions, build_pipeline, read_samples, sample
-    from tsa.models.family import student_family
+    from tsa.evaluate.render import RenderSpec, build_pipeline
+    from tsa.evaluate.sample import SampleOptions, sample
+    from tsa.evaluate.samples_log import read_samples
 
     try:
         cfg = load_config("tiny")
@@ -45,11 +46,17 @@ def main() -> None:
         (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
         prompts = work / "prompts.txt"
         prompts.write_text("".join(f"a ball rolls across table number {i}\n" for i in range(args.videos)))
-        print(f"torch threads: {torch.get_num_threads()}")
+        from tsa.evaluate.render import CPU_THREADS
+
+        print(f"torch threads while sampling on the CPU: {CPU_THREADS} (evaluate/render.py)")
 
         t = time.perf_counter()
-        refs = BaseRefs(*(str(base),) * 5)
-        build_pipeline(refs, base / "transformer", torch.float32, student_family(cfg))
+        g = cfg.geometry
+        spec = RenderSpec(cfg.models.family, *(str(base),) * 5, transformer_dir=str(base / "transformer"),
+                          lora_dir=None, dtype="fp32", device="cpu", frames=g.num_frames, height=g.height,
+                          width=g.width, steps=args.steps, guidance=6.0, dynamic_cfg=True, fps=8,
+                          max_sequence_length=g.text_length)
+        build_pipeline(spec, torch.float32)
         print(f"pipeline build (tiny, fp32): {time.perf_counter() - t:.2f} s")
 
         t = time.perf_counter()
@@ -58,7 +65,6 @@ def main() -> None:
                log=lambda _: None)
         total = time.perf_counter() - t
         secs = [r["seconds"] for r in read_samples(out)]
-        g = cfg.geometry
         print(f"tiny sample, {args.videos} videos of {g.num_frames}x{g.height}x{g.width}, {args.steps} steps: "
               f"{total:.2f} s total, median {statistics.median(secs):.2f} s/video (first {secs[0]:.2f} s)")
 

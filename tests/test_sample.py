@@ -84,7 +84,7 @@ def first_out(tiny_run, tmp_path_factory):
 def test_writes_playable_mp4s_at_the_run_geometry(tiny_run, first_out):
     g = load_config("tiny").geometry
     names = sorted(p.name for p in first_out.iterdir())
-    assert names == ["00000_s42_v0.mp4", "00001_s42_v0.mp4", "eval.csv", "samples.jsonl"]
+    assert names == ["00000_s42_v0.mp4", "00001_s42_v0.mp4", "eval.csv", "sample.json", "samples.jsonl"]
     for name in names[:2]:
         frames, rate = _decode(first_out / name)
         assert frames.shape == (g.num_frames, g.height, g.width, 3)

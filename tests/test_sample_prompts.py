@@ -8,7 +8,7 @@ import pytest
 
 from tsa.evaluate.prompts import Prompt, PromptError, read_prompts
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "evaluate" / "prompt_sets"  # the package's own copies
 
 
 def _csv(path: Path, header, rows) -> Path:
@@ -70,7 +70,6 @@ def test_errors_name_the_file_and_the_column(tmp_path):
         read_prompts(tmp_path / "ok.txt", limit=0)
 
 
-@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="shared/benchmarks is not next to this checkout")
 def test_the_shipped_videophy_prompt_sets_read_in_full():
     import pandas as pd
 

@@ -66,6 +66,12 @@ def test_wheel_carries_the_files_read_at_run_time(wheel):
     for p in (ROOT / "configs").rglob("*"):
         if p.is_file() and p.suffix in (".yaml", ".txt"):
             assert f"tsa/configs/{p.relative_to(ROOT / 'configs').as_posix()}" in names, p
+    # the benchmark prompt sets of `tsa sample --benchmark` and their sources and licenses
+    shipped = {"videophy_prompts.csv", "videophy_upsampled_prompts.csv", "videophy2_test_prompts.csv",
+               "vbench_prompts.csv", "README.md"}
+    assert {p.name for p in (ROOT / "evaluate" / "prompt_sets").iterdir()} == shipped
+    for name in shipped:
+        assert f"tsa/evaluate/prompt_sets/{name}" in names, name
 
 
 def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
@@ -76,6 +82,8 @@ def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
     code = ("import tsa, tsa.core; from tsa.configs.schema import load_config;"
             "from tsa.train.validate import validation_prompts;"
             "cfg = load_config('tiny'); assert validation_prompts(cfg), 'no bundled validation prompts';"
+            "from tsa.evaluate.benchmarks import BENCHMARKS, benchmark_prompts;"
+            "assert [len(benchmark_prompts(b)) for b in BENCHMARKS.values()] == [344, 591, 946];"
             "print(tsa.__file__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
