@@ -37,6 +37,11 @@ from tsa.evaluate.sample import sample_cmd  # noqa: E402
 app.command("sample")(sample_cmd)
 
 
+from tsa.evaluate.score_cli import score_cmd  # noqa: E402
+
+app.command("score")(score_cmd)
+
+
 from tsa.view.command import view as view_cmd  # noqa: E402
 
 app.command("view")(view_cmd)

@@ -168,6 +168,21 @@ def wanted_videos(ps: PromptSet, seed: int) -> dict[str, tuple[Prompt, int]]:
     return wanted
 
 
+def video_record(prompt: Prompt, video_index: int, file: str, benchmark: Optional[str], seed: int,
+                 seconds: float, settings: dict) -> dict:
+    """The samples.jsonl line of a finished video."""
+    return {"index": prompt.index, "prompt": prompt.text, "caption": prompt.caption, "category": prompt.category,
+            "benchmark": benchmark, "seed": seed, "video_index": video_index, "generator_seed": seed + video_index,
+            "file": file, "seconds": round(seconds, 3), "settings": settings}
+
+
+def plan_entry(ps: PromptSet, opts: SampleOptions, wanted: dict) -> dict:
+    """sample.json's content for this run (samples_log.write_plan merges it with earlier runs')."""
+    return {"benchmark": ps.benchmark, "prompts": ps.source, "column": opts.column,
+            "caption_column": opts.caption_column, "limit": opts.limit, "naming": ps.naming,
+            "videos_per_prompt": ps.videos_per_prompt, "seeds": [opts.seed], "expected": list(wanted)}
+
+
 # ----------------------------------------------------------------------------- sampling
 
 def sample(opts: SampleOptions, log: Callable[[str], None] = print, bar=None,
@@ -221,9 +236,7 @@ def _sample(opts, ps: PromptSet, models: Models, on_ray: bool, log, bar, factory
     if summary.skipped:
         log(f"{summary.skipped} video(s) already in {out / SAMPLES_FILE}: skipped")
     out.mkdir(parents=True, exist_ok=True)
-    write_plan(out, {"benchmark": ps.benchmark, "prompts": ps.source, "column": opts.column,
-                     "caption_column": opts.caption_column, "limit": opts.limit, "naming": ps.naming,
-                     "videos_per_prompt": ps.videos_per_prompt, "seeds": [opts.seed], "expected": list(wanted)})
+    write_plan(out, plan_entry(ps, opts, wanted))
     if not todo:
         write_eval_csv(out, records)
         return summary
@@ -231,10 +244,7 @@ def _sample(opts, ps: PromptSet, models: Models, on_ray: bool, log, bar, factory
     def done_video(job: Job, data: bytes, seconds: float) -> None:
         commit_video(out, job.file, data)
         prompt, v = wanted[job.file]
-        record = {"index": prompt.index, "prompt": prompt.text, "caption": prompt.caption,
-                  "category": prompt.category, "benchmark": ps.benchmark, "seed": opts.seed, "video_index": v,
-                  "generator_seed": job.generator_seed, "file": job.file, "seconds": round(seconds, 3),
-                  "settings": settings}
+        record = video_record(prompt, v, job.file, ps.benchmark, opts.seed, seconds, settings)
         append_record(out, record)
         records.append(record)
         summary.generated += 1
