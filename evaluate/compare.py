@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from pathlib import Path
 from typing import Optional
@@ -89,12 +90,16 @@ def comparison_csv(rows: list[dict]) -> str:
         for run in r["runs"]:
             w.writerow([r["metric"], run["label"], _num(run["value"]), _num(run["ci95"][0]), _num(run["ci95"][1]),
                         _num(run.get("diff")), *(_num(x) for x in run.get("diff_ci95", [None, None])),
-                        _num(run.get("prompts_for_1pt"), 0)])
+                        _ceil(run.get("prompts_for_1pt"))])
     return buf.getvalue()
 
 
 def _num(x: Optional[float], digits: int = 4) -> str:
     return "" if x is None else f"{x:.{digits}f}"
+
+
+def _ceil(x: Optional[float]) -> str:
+    return "" if x is None or not math.isfinite(x) else str(math.ceil(x))
 
 
 def load_runs(dirs: list[Path]) -> list[ScoredRun]:
