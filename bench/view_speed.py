@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--config", default="cogvideox2b_mtsa")
     ap.add_argument("--clips", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, nargs="*", default=[1], help="gallery worker processes to time")
     args = ap.parse_args()
     cfg = load_config(args.config, ["models.teacher.checkpoint=unused"])  # no model is loaded
     ratios, taus = [0.1, 0.2, 0.4], [1.0, 0.1, 0.03]
@@ -58,10 +59,13 @@ def main() -> None:
             print(f"  one clip, {name:34s} {dt:7.3f} s")
         print(f"  one clip, {'total':34s} {sum(timings.values()):7.3f} s")
 
-        t0 = time.perf_counter()
-        result = write_gallery(info, Path(tmp) / "site" / "gallery.html", ratios, taus)
-        dt = time.perf_counter() - t0
-        print(f"  gallery of {result.shown} clips: {dt:.2f} s, {dt / max(1, result.shown):.3f} s per clip")
+        for workers in args.workers:
+            t0 = time.perf_counter()
+            result = write_gallery(info, Path(tmp) / f"site{workers}" / "gallery.html", ratios, taus,
+                                   workers=workers)
+            dt = time.perf_counter() - t0
+            print(f"  gallery of {result.shown} clips, {workers} worker process(es): {dt:.2f} s, "
+                  f"{dt / max(1, result.shown):.3f} s per clip (worker start-up included)")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ CHUNK = 4096  # rows per h5 read when scanning motion for means
 class MaskAtlas:
     """Read-only view of OUT/masks.h5: `keys` [n], `motion` [n, F, H, W], `mask` [n, F, H, W]."""
 
-    def __init__(self, path: Path, grid: tuple[int, int, int]):
+    def __init__(self, path: Path, grid: tuple[int, int, int], index: bool = True):
+        """`index=False` (a gallery worker, told each clip's row): the keys are not read, so
+        opening costs the same for 100 or 1M clips; use `row(i, key)`."""
         import h5py
 
         self.path = Path(path)
@@ -39,15 +41,16 @@ class MaskAtlas:
                 self.close()
                 raise ViewError(f"{self.path}: dataset {name!r} has shape {list(shape)}, expected "
                                 f"[{n}, {', '.join(map(str, grid))}] (dataset.json geometry.teacher_grid)")
-        keys = self._h5["keys"].asstr()[()] if n else []
+        keys = self._h5["keys"].asstr()[()] if n and index else []
         self.index = {str(k): i for i, k in enumerate(keys)}
+        self.size = n
 
     @classmethod
     def open_if_present(cls, out: "OutputInfo | Path", grid: tuple[int, int, int]) -> Optional["MaskAtlas"]:
         """The atlas of a local output folder, or None while a preprocess run has not written it
         yet. An output in object storage has none: each clip's motion.npy and mask.npy come with
         the one ranged read of its sample, so fetching masks.h5 would only add requests."""
-        root = getattr(out, "root", out)
+        root = out if isinstance(out, (str, Path)) else out.root  # (a Path has a .root too: "/")
         if is_url(root):
             return None
         path = Path(root) / MASKS_FILE
@@ -63,6 +66,12 @@ class MaskAtlas:
     def mask(self, key: str) -> np.ndarray:
         """[F, H, W] bool top-k mask cached at the preprocess ratio."""
         return self._h5["mask"][self.index[key]].astype(bool)
+
+    def row(self, i: int, key: str) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """(motion float32, mask bool) of row `i` if it holds `key`, else None."""
+        if not 0 <= i < self.size or self._h5["keys"].asstr()[i] != key:
+            return None
+        return self._h5["motion"][i].astype(np.float32), self._h5["mask"][i].astype(bool)
 
     def mean_motion(self, keys: Iterable[str]) -> dict[str, float]:
         """Mean motion per clip for the given keys that the atlas holds, read in chunks."""

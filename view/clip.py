@@ -54,22 +54,29 @@ def _check(value: np.ndarray, name: str, shape: tuple[int, ...], where: str) -> 
     return value
 
 
-def load_clip(info: OutputInfo, key: str, atlas: Optional[MaskAtlas], caption: Optional[str] = None) -> ClipData:
-    """Read one clip. Raises KeyError (with close matches) for an unknown key."""
+def load_clip(info: OutputInfo, key: str, atlas: Optional[MaskAtlas], caption: Optional[str] = None,
+              shard: Optional[int] = None, atlas_row: Optional[int] = None) -> ClipData:
+    """Read one clip. Raises KeyError (with close matches) for an unknown key. `shard` and
+    `atlas_row`, when the caller knows them (gallery workers), skip the lookups by key."""
     grid = teacher_grid(info)
-    in_atlas = atlas is not None and key in atlas
+    maps = None
+    if atlas is not None and atlas_row is not None:
+        maps = atlas.row(atlas_row, key)
+    elif atlas is not None and key in atlas:
+        maps = atlas.motion(key), atlas.mask(key)
+    in_atlas = maps is not None
     names = ["teacher.npy", "preview.jpg", "meta.json"]
     if info.dataset.get("teacher_dtype") == "int8":
         names.append("teacher_scale.npy")
     if not in_atlas:
         names += ["motion.npy", "mask.npy"]
-    sample = info.read_sample(key, names)  # one ranged read of the shard (DataError if it is damaged)
+    sample = info.read_sample(key, names, shard=shard)  # one ranged read of the shard (DataError if damaged)
     where = f"{info.root}: sample {key!r}"
     missing = [n for n in names if n not in sample]
     if missing:
         raise ViewError(f"{where}: missing member(s) {', '.join(missing)}")
-    if in_atlas:
-        motion, mask = atlas.motion(key), atlas.mask(key)
+    if maps is not None:
+        motion, mask = maps
     else:
         motion = sample["motion.npy"].astype(np.float32)
         mask = sample["mask.npy"].astype(bool)
