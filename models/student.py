@@ -95,16 +95,30 @@ class Student(nn.Module):
         return pred, self.projector(hidden, self.student_grid)
 
 
-def build_student(cfg: Config) -> Student:
+def build_student(cfg: Config, empty: bool = False) -> Student:
     """Load the transformer named by `models.student` (resolved: hub id or path), check it
-    against the config, enable checkpointing/compile as configured, add the projector."""
+    against the config, enable checkpointing/compile as configured, add the projector.
+
+    `empty`: read only the transformer's config.json and build every parameter (transformer,
+    LoRA adapters, projector) on the meta device: no weights are read and no host memory is
+    used for them. Buffers (e.g. CogVideoX-2B's fixed position table) are computed on the CPU
+    as usual. Several workers build this empty twin, and rank 0 alone loads the weights and
+    broadcasts them into the sharded or replicated module (train/distributed.py, `wrap`), so a
+    node's host RAM holds at most one copy of the model whatever the number of ranks."""
+    import contextlib
+
     family = student_family(cfg)
-    transformer = family.load_transformer(cfg.models.student)
+    if empty:
+        transformer = _empty_transformer(family, cfg.models.student)
+    else:
+        transformer = family.load_transformer(cfg.models.student)
     family.check_transformer(transformer, cfg)
+    on_meta = _meta_parameters() if empty else contextlib.nullcontext()
     if cfg.train.lora.rank > 0:
         from tsa.models.lora import add_lora
 
-        add_lora(transformer, cfg.train.lora, cfg.seed + 1)
+        with on_meta:
+            add_lora(transformer, cfg.train.lora, cfg.seed + 1)
     if cfg.train.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     projector = None
@@ -112,7 +126,7 @@ def build_student(cfg: Config) -> Student:
         # Its own seeded draw: the initial projector must not depend on how much of the global
         # RNG the transformer load used (a full-memory load initialises random weights first,
         # a low-memory load through accelerate does not).
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _meta_parameters() if empty else contextlib.nullcontext():
             torch.manual_seed(cfg.seed)
             projector = build_projector(transformer, cfg)
     if cfg.train.compile:
@@ -122,3 +136,20 @@ def build_student(cfg: Config) -> Student:
     transformer.train()
     return Student(family, transformer, projector, cfg.align.layer, cfg.geometry.student_grid,
                    cfg.geometry.student_pad_frames)
+
+
+def _meta_parameters():
+    """A context in which new parameters are created on the meta device and buffers on the CPU
+    (accelerate's init_empty_weights): the shapes without the bytes."""
+    from accelerate import init_empty_weights
+
+    return init_empty_weights(include_buffers=False)
+
+
+def _empty_transformer(family: StudentFamily, ref: str) -> nn.Module:
+    """The family's transformer built from its config.json alone, parameters on the meta device
+    (fp32, as `load_transformer` loads them), buffers computed on the CPU."""
+    cls = family.diffusers_class(family.transformer_class)
+    config = family.transformer_config(ref)
+    with _meta_parameters():
+        return cls.from_config(config)

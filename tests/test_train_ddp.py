@@ -1,4 +1,7 @@
-"""Ray Train with 2 CPU workers (gloo) trains like 1 in-process worker at the same global batch."""
+"""Ray Train with 2 CPU workers (gloo) trains like 1 in-process worker at the same global batch:
+DDP, and FSDP2 with gradient accumulation (2 micro-batches a worker, each reduce-scattered into
+the gradient shards, against 4 on one worker). Both build an empty student on every rank and
+fill it from the one copy rank 0 loads (train/distributed.py, `wrap`)."""
 import pytest
 import torch
 
@@ -19,19 +22,20 @@ def _one_torch_thread():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp"])
-def test_two_ray_workers_match_one_worker(tmp_path, strategy):
+@pytest.mark.parametrize("strategy, global_batch", [("ddp", 2), ("fsdp2", 4)])
+def test_two_ray_workers_match_one_worker(tmp_path, strategy, global_batch):
     from safetensors.torch import load_file
 
     shards = make_synthetic_dataset(tmp_path / "ds", load_config("tiny"), n=8, seed=2)
-    overrides = ["train.max_steps=3", "train.checkpoint_every=0", f"train.strategy={strategy}"]
+    overrides = ["train.max_steps=3", "train.checkpoint_every=0", f"train.strategy={strategy}",
+                 f"train.global_batch={global_batch}"]
     runs = {}
     for workers in (1, 2):
         out = tmp_path / f"w{workers}"
         job, cfg = prepare_job(shards, out, "tiny", overrides)
         job.tensorboard = False
         state = launch(job, workers=workers, strategy=cfg.train.strategy)
-        assert state["step"] == 3 and state["world_size"] == workers and state["data"]["consumed"] == 6
+        assert state["step"] == 3 and state["world_size"] == workers and state["data"]["consumed"] == 3 * global_batch
         runs[workers] = out
     one, two = read_metrics(runs[1]), read_metrics(runs[2])
     assert [r["step"] for r in two] == [1, 2, 3]

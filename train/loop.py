@@ -15,7 +15,7 @@ from tsa.models.student import build_student
 from tsa.train.checkpoint import latest_checkpoint, load_checkpoint, read_trainer_state, save_checkpoint
 from tsa.train.data import DataPosition, RankLoader, microbatches_per_step
 from tsa.train.dataset_check import check_dataset, open_dataset
-from tsa.train.distributed import Dist, clip_gradients, no_grad_sync, unwrap, wrap
+from tsa.train.distributed import Dist, clip_gradients, fsdp_param_dtype, no_grad_sync, unwrap, wrap
 from tsa.train.memory_plan import plan_memory
 from tsa.train.metrics import MetricsLog
 from tsa.train.preflight import check_storage
@@ -71,13 +71,15 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
 
         validator = Validator(cfg, out, dist, embed_prompts(cfg, out, dist))
     torch.manual_seed(cfg.seed)  # the same projector init on every rank and for every world size
-    student = build_student(cfg)
+    # Several workers: every rank builds an empty twin (parameters on the meta device) and `wrap`
+    # fills its shards or replicas from the one copy rank 0 loads.
+    student = build_student(cfg, empty=dist.active)
     if student.projector is not None:
         check_dataset(info, cfg, projector_grid=student.projector.output_grid(cfg.geometry.student_grid),
                       projector_dim=student.projector.out_dim)
     if dist.is_main and dist.device.type == "cuda":
         print(plan_memory(student.transformer, student.projector, cfg, dist.strategy, dist.world).table(), flush=True)
-    model = wrap(student, dist)
+    model = wrap(student, dist, load=lambda: build_student(cfg), param_dtype=fsdp_param_dtype(cfg, dist))
     optimizer = build_optimizer(model, cfg.train, dist.device)
     lr_scheduler = build_lr_scheduler(optimizer, cfg.train)
 
@@ -98,7 +100,8 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
     family = student_family(cfg)
     ctx = StepContext(cfg, family.objective(cfg.models.scheduler), dist.device,
                       info.latent_norm() if info.latents == "moments" else None,
-                      family.conditioning(unwrap(model).transformer, cfg, dist.device))
+                      family.conditioning(unwrap(model).transformer, cfg, dist.device),
+                      param_dtype=fsdp_param_dtype(cfg, dist))
     accum = microbatches_per_step(cfg, dist.world)
     global_batch = cfg.train.global_batch
     max_steps = cfg.train.max_steps

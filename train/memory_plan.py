@@ -1,37 +1,53 @@
 """Per-GPU memory plan of a training run, printed before step 1 (the measured peak after step 1
-goes to metrics.jsonl as `peak_memory_gib`, so the plan can be checked against reality).
+goes to metrics.jsonl as `peak_memory_gib`, so the plan can be checked against reality), and
+`held_bytes`, what a rank really holds, to check the plan's model state against.
 
-Model state is exact arithmetic on the parameter counts; activations are an estimate:
+Model state is exact arithmetic on the parameter shapes; activations are an estimate. Bytes
+per GPU, P all parameters (transformer + projector), T the trainable ones (P, or with LoRA the
+adapters and the projector), W the workers, b the micro-batch:
 
-    parameters   fp32 master weights              4 P       (FSDP2: 4 P / W)
-    gradients    fp32                             4 T       (FSDP2: 4 T / W)
-    optimizer    AdamW exp_avg + exp_avg_sq       8 T       (FSDP2: 8 T / W)
-    buckets      DDP all-reduce buckets           0: gradient_as_bucket_view makes the gradients
-                                                  the buckets (4 P without it)
-    transient    bf16 autocast copies of the weights (autocast caches every cast until the
-                 forward ends: 2 P); FSDP2 adds the all-gathered fp32 block and its unsharded
-                 gradient (two blocks in flight with prefetch) and the layers outside the
-                 blocks (projector, embeddings), unsharded
-    activations  with gradient checkpointing: each block keeps its fp32 inputs,
-                 b x (video + text tokens) x D x 4 bytes, and one block at a time is
-                 recomputed, ~16 x b x tokens x D x 2 bytes of bf16 intermediates
-                 (attention through SDPA, no tokens x tokens matrix); without
-                 checkpointing every block keeps those intermediates
+    parameters   fp32 master weights            4 P         FSDP2: 4 x this rank's shards
+    gradients    fp32                           4 T         FSDP2: 4 x shards of T (reduce-scattered
+                                                            every micro-batch, so they stay sharded
+                                                            through gradient accumulation)
+    optimizer    AdamW exp_avg + exp_avg_sq     8 T + 4 a step counter per tensor (FSDP2: shards)
+    buffers      the model's buffers (CogVideoX-2B's fixed position table), on every GPU
+    buckets      DDP all-reduce buckets         0: gradient_as_bucket_view makes the gradients
+                                                the buckets (4 P without it)
+    transient    DDP / one worker: bf16 autocast copies of the weights (autocast caches every
+                 cast until the forward ends: 2 P). FSDP2 (MixedPrecisionPolicy, bf16
+                 parameters, fp32 reduction): the root unit's parameters all-gathered in bf16
+                 for the whole step (FSDP2 keeps the root unsharded after forward) and its
+                 unsharded bf16 gradients plus their fp32 reduce-scatter input; two blocks'
+                 all-gathered bf16 parameters (the running one and the prefetched one), the
+                 flat all-gather output being copied out and the bf16 all-gather input; one
+                 block's unsharded bf16 gradients, two fp32 reduce-scatter inputs (the one being
+                 filled and the one in flight) and the fp32 reduce-scatter output before it is
+                 added to the shards. Without bf16 every one of those is fp32.
+    activations  with gradient checkpointing: each block keeps its inputs,
+                 b x (video + text tokens) x D (bf16 under autocast and FSDP2's bf16 policy alike:
+                 both families' residual streams are bf16 there; fp32 otherwise), and one block
+                 at a time is recomputed, ~16 x b x tokens x D x 2 bytes of bf16 intermediates
+                 (attention through SDPA, no tokens x tokens matrix); without checkpointing
+                 every block keeps those intermediates
 
-P counts all parameters (transformer + projector), T the trainable ones (P, or with LoRA the
-adapters and the projector: gradients and AdamW state are 4 T and 8 T), W the workers, b the
-micro-batch.
+FSDP2 shards each parameter along dim 0 into W chunks of ceil(rows / W) rows, padded to that
+size on every rank: the plan counts the padded chunk (rank 0's share, the largest).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Optional
 
+import torch
 from torch import nn
 
 from tsa.configs.schema import Config
 
 GIB = 1024 ** 3
 BLOCK_INTERMEDIATES = 16  # bf16 tensors of size tokens x D that one block holds for its backward
+STEP_BYTES = 4  # AdamW's per-tensor step counter (a 0-d fp32 tensor)
 
 
 @dataclass
@@ -41,45 +57,80 @@ class MemoryPlan:
     parameters: float  # bytes per GPU
     gradients: float
     optimizer: float
+    buffers: float
     buckets: float
     transient: float
     activations: float
+    transient_name: str = "bf16 autocast copies"
 
     @property
     def total(self) -> float:
-        return (self.parameters + self.gradients + self.optimizer + self.buckets + self.transient
+        return (self.parameters + self.gradients + self.optimizer + self.buffers + self.buckets + self.transient
                 + self.activations)
 
     def table(self) -> str:
         rows = [("parameters (fp32)", self.parameters), ("gradients (fp32)", self.gradients),
-                ("AdamW state (fp32)", self.optimizer), ("DDP buckets", self.buckets),
-                ("gathered / bf16 copies", self.transient), ("activations (estimate)", self.activations)]
+                ("AdamW state (fp32)", self.optimizer), ("model buffers", self.buffers),
+                ("DDP buckets", self.buckets), (self.transient_name, self.transient),
+                ("activations (estimate)", self.activations)]
         head = f"memory plan per GPU ({self.strategy}, {self.workers} worker(s)):"
-        body = "\n".join(f"  {name:<24}{value / GIB:8.2f} GiB" for name, value in rows)
-        return f"{head}\n{body}\n  {'total':<24}{self.total / GIB:8.2f} GiB"
+        body = "\n".join(f"  {name:<30}{value / GIB:8.2f} GiB" for name, value in rows)
+        return f"{head}\n{body}\n  {'total':<30}{self.total / GIB:8.2f} GiB"
 
 
-def _count(module: nn.Module | None, trainable_only: bool = False) -> int:
+def shard_numel(shape: torch.Size, workers: int) -> int:
+    """Elements of the largest FSDP2 shard of a parameter of `shape` over `workers` ranks
+    (dim 0 split into chunks of ceil(rows / workers) rows; the allocation every rank makes)."""
+    numel = math.prod(shape)
+    if workers <= 1 or len(shape) == 0 or shape[0] == 0:
+        return numel
+    return math.ceil(shape[0] / workers) * (numel // shape[0])
+
+
+def _params(module: Optional[nn.Module], trainable_only: bool = False) -> list[torch.Size]:
     if module is None:
-        return 0
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+        return []
+    return [p.shape for p in module.parameters() if p.requires_grad or not trainable_only]
 
 
-def plan_memory(transformer: nn.Module, projector: nn.Module | None, cfg: Config, strategy: str,
+def _count(module: Optional[nn.Module], trainable_only: bool = False) -> int:
+    return sum(math.prod(s) for s in _params(module, trainable_only))
+
+
+def plan_memory(transformer: nn.Module, projector: Optional[nn.Module], cfg: Config, strategy: str,
                 workers: int) -> MemoryPlan:
-    """The plan for `transformer` (the family's, possibly on the meta device) and
-    `projector` under `cfg.train` with `workers` GPUs and `strategy` (ddp | fsdp2)."""
+    """The plan for `transformer` (the family's, on any device: the meta device, or already
+    sharded, whose DTensor parameters report their global shapes) and `projector` under
+    `cfg.train` with `workers` GPUs and `strategy` (ddp | fsdp2)."""
     from tsa.models.family import student_family
 
     family = student_family(cfg)
     width = family.width(transformer)
     blocks = family.blocks(transformer)
-    block = _count(blocks[0])
-    outside = _count(transformer) - block * len(blocks) + _count(projector)
-    total = _count(transformer) + _count(projector)
-    trainable = _count(transformer, True) + _count(projector, True)  # LoRA: adapters + projector
     sharded = strategy == "fsdp2" and workers > 1
     share = workers if sharded else 1
+    modules = [transformer, projector]
+    every = [s for m in modules for s in _params(m)]
+    trained = [s for m in modules for s in _params(m, trainable_only=True)]
+    parameters = 4 * sum(shard_numel(s, share) for s in every)
+    gradients = 4 * sum(shard_numel(s, share) for s in trained)
+    optimizer = 8 * sum(shard_numel(s, share) for s in trained) + STEP_BYTES * len(trained)
+    buffers = sum(b.numel() * b.element_size() for m in modules if m is not None for b in m.buffers())
+
+    bf16 = cfg.train.mixed_precision == "bf16"
+    total = _count(transformer) + _count(projector)
+    block = max(_count(b) for b in blocks)
+    block_t = max(_count(b, True) for b in blocks)
+    outside = total - sum(_count(b) for b in blocks)
+    outside_t = _count(transformer, True) + _count(projector, True) - sum(_count(b, True) for b in blocks)
+    if sharded:
+        pb, rb = (2 if bf16 else 4), 4  # all-gathered parameter bytes, reduce bytes
+        root = outside * pb + outside_t * (pb + rb)
+        gathered = block * pb * (3 + 1 / workers)
+        reducing = block_t * (pb + 2 * rb + rb / workers)
+        transient, name = root + gathered + reducing, "FSDP2 gathered / reducing"
+    else:
+        transient, name = (2 * total if bf16 else 0), "bf16 autocast copies"
 
     f, h, w = cfg.geometry.student_grid
     # CogVideoX attends over text and video tokens jointly; Wan's text enters by cross-attention.
@@ -87,16 +138,68 @@ def plan_memory(transformer: nn.Module, projector: nn.Module | None, cfg: Config
     b = cfg.train.micro_batch
     recompute = BLOCK_INTERMEDIATES * b * tokens * width * 2
     if cfg.train.gradient_checkpointing:
-        activations = len(blocks) * b * tokens * width * 4 + recompute
+        activations = len(blocks) * b * tokens * width * (2 if bf16 else 4) + recompute
     else:
         activations = len(blocks) * recompute
-    bf16 = 2 if cfg.train.mixed_precision == "bf16" else 0
-    # Autocast caches the bf16 cast of every weight it meets until the forward ends (with or
-    # without checkpointing, and with FSDP2's all-gathered parameters too).
-    transient = total * bf16
-    if sharded:  # two blocks all-gathered in fp32 with their unsharded gradients, the rest unsharded
-        transient += 2 * block * (4 + 4) + outside * 4
     return MemoryPlan(strategy=strategy if workers > 1 else "one worker", workers=workers,
-                      parameters=4 * total / share, gradients=4 * trainable / share,
-                      optimizer=8 * trainable / share,
-                      buckets=0.0, transient=float(transient), activations=float(activations))
+                      parameters=float(parameters), gradients=float(gradients), optimizer=float(optimizer),
+                      buffers=float(buffers), buckets=0.0, transient=float(transient),
+                      activations=float(activations), transient_name=name)
+
+
+def _storage_bytes(tensors, seen: set) -> int:
+    """Bytes of the distinct storages behind `tensors` (DTensors: their local shard's storage;
+    FSDP2's gradient shards are views into one flat reduce-scatter output per unit, counted once)."""
+    total = 0
+    for t in tensors:
+        if t is None:
+            continue
+        if hasattr(t, "to_local"):
+            t = t.to_local()
+        if t.device.type == "meta":
+            continue
+        storage = t.untyped_storage()
+        key = (storage.data_ptr(), t.device)
+        if storage.nbytes() and key not in seen:
+            seen.add(key)
+            total += storage.nbytes()
+    return total
+
+
+def _fsdp_unsharded_grads(model: nn.Module) -> list[torch.Tensor]:
+    """Gradients FSDP2 keeps unsharded for a later reduce-scatter (only when gradient sync was
+    switched off between micro-batches): the unsharded parameters' .grad and the fp32
+    accumulators it upcasts them into. FSDP2 internals, read for measurement only."""
+    found = []
+    for module in model.modules():
+        state_of = getattr(module, "_get_fsdp_state", None)
+        if state_of is None:
+            continue
+        state = state_of()
+        groups = getattr(state, "_fsdp_param_groups", None)
+        if groups is None:  # torch < 2.11: one group per state
+            group = getattr(state, "_fsdp_param_group", None)
+            groups = [group] if group is not None else []
+        for group in groups:
+            for fsdp_param in group.fsdp_params:
+                found.append(getattr(fsdp_param, "unsharded_accumulated_grad", None))
+                unsharded = getattr(fsdp_param, "_unsharded_param", None)
+                if unsharded is not None:
+                    found.append(unsharded.grad)
+    return found
+
+
+def held_bytes(model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None) -> dict[str, int]:
+    """What this rank holds now, in bytes of distinct storages: `parameters` (FSDP2: the local
+    shards), `gradients` (the local gradient shards plus any unsharded gradient FSDP2 keeps for a
+    later reduce-scatter), `optimizer` (every tensor of the AdamW state: moments and step
+    counters), `buffers`. To hold against `plan_memory` (tests/test_train_fsdp_memory.py)."""
+    seen: set = set()
+    params = list(model.parameters())
+    out = {"parameters": _storage_bytes(params, seen)}
+    out["gradients"] = _storage_bytes([p.grad for p in params] + _fsdp_unsharded_grads(model), seen)
+    states = [] if optimizer is None else [v for s in optimizer.state.values() for v in s.values()
+                                           if isinstance(v, torch.Tensor)]
+    out["optimizer"] = _storage_bytes(states, seen)
+    out["buffers"] = _storage_bytes(list(model.buffers()), seen)
+    return out

@@ -19,10 +19,16 @@ class StepContext:
     device: torch.device
     latent_norm: Optional[tuple[Any, Any]]  # (scale, shift) of latents stored as moments (DatasetInfo.latent_norm)
     conditioning: Any = None  # the family's per-run forward inputs (CogVideoX-5B: rotary tables)
+    # FSDP2's MixedPrecisionPolicy dtype (train/distributed.py, fsdp_param_dtype): the model
+    # computes in it from its all-gathered parameters, latents and text are passed in it, and
+    # autocast is off. None: autocast (below) or fp32.
+    param_dtype: Optional[torch.dtype] = None
 
     @property
     def autocast_dtype(self) -> Optional[torch.dtype]:
         # bf16 compute on GPUs only; CPU runs (tests, tiny) stay fp32.
+        if self.param_dtype is not None:
+            return None
         if self.cfg.train.mixed_precision == "bf16" and self.device.type == "cuda":
             return torch.bfloat16
         return None
@@ -72,6 +78,8 @@ def micro_batch_losses(model: nn.Module, batch: dict[str, Any], ctx: StepContext
     if cfg.geometry.student_pad_frames:
         extra["pad"] = padding_frames(x0, t, batch["index"], ctx)
     text = to_device(batch["text"], ctx, torch.float32)
+    if ctx.param_dtype is not None:  # FSDP2 mixed precision: inputs in the compute dtype (noise and target stay fp32)
+        noisy, text = noisy.to(ctx.param_dtype), text.to(ctx.param_dtype)
     dtype = ctx.autocast_dtype
     with torch.autocast(device_type=dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         pred, projected = model(noisy, text, ctx.objective.model_timestep(t), ctx.conditioning, **extra)
