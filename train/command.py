@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -52,6 +53,23 @@ def config_differences(a: Config, b: Config) -> list[str]:
     return [f"{k}: {fa.get(k)!r} != {fb.get(k)!r}" for k in sorted(fa.keys() | fb.keys()) if fa.get(k) != fb.get(k)]
 
 
+class RunFolderError(ValueError):
+    """--out names a place tsa train cannot write its run folder to (a bucket URL)."""
+
+
+def check_run_folder(out: str | Path) -> None:
+    """The run folder is a filesystem path: checkpoints are folders renamed into place, every
+    rank writes into them, and metrics.jsonl is appended to; object storage does none of that.
+    A URL is refused here, before anything is written, never made into a local folder named
+    `s3:/bucket/run`."""
+    if is_url(out) or re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/[^/]", str(out)):
+        raise RunFolderError(
+            f"--out {out}: tsa train writes its run folder (checkpoints, metrics.jsonl, validation videos) to a "
+            "filesystem path that every worker sees (local disk, NFS, Lustre), not to object storage (only "
+            "--shards may be s3:// or gs://); train into such a folder and copy it to the bucket afterwards, "
+            "e.g. `aws s3 sync RUN s3://bucket/run` (docs/storage.md)")
+
+
 def _load_train_config(base: Optional[str], overrides: list[str]) -> Config:
     cfg = load_config(base, overrides, optional=["models.teacher.checkpoint"])
     if cfg.models.teacher.checkpoint == REQUIRED:
@@ -92,6 +110,7 @@ def prepare_job(shards: Path | str, out: Path | str, config: Optional[str], over
     sees the same places whatever its working folder."""
     from tsa.train.checkpoint import latest_checkpoint
 
+    check_run_folder(out)
     out = Path(resolve(out))
     saved = out / CONFIG_FILE
     extra = list(overrides)
@@ -145,7 +164,8 @@ def _config_restored_on_failure(out: Path, resume: bool):
 def train_command(
     shards: str = typer.Option(..., "--shards", help="Output folder of `tsa preprocess` (holds dataset.json): a "
                                "path, or s3://bucket/prefix, gs://bucket/prefix (docs/storage.md)."),
-    out: Path = typer.Option(..., "--out", help="Run folder: config.yaml, checkpoint-N/, metrics.jsonl, tensorboard/."),
+    out: str = typer.Option(..., "--out", help="Run folder: config.yaml, checkpoint-N/, metrics.jsonl, tensorboard/; "
+                            "a filesystem path every worker sees (not a bucket URL)."),
     config: Optional[str] = typer.Option(None, "--config", help="YAML file or bundled name (tiny, "
                                          "cogvideox2b_mtsa, ablations/...); default: paper defaults."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this optimizer step."),
@@ -161,26 +181,39 @@ def train_command(
     override: list[str] = typer.Option([], "-o", "--override", help="Config override key=value (repeatable)."),
 ) -> None:
     """Fine-tune CogVideoX with diffusion + alignment loss from preprocessed shards."""
+    from tsa.configs.ray_connect import RayConnectError
     from tsa.train.checkpoint import CheckpointMismatch
     from tsa.train.dataset_check import DatasetMismatch, probe_dataset
-    from tsa.train.launch import TrainError, launch
+    from tsa.train.launch import TrainError, connect_ray, launch
     from tsa.train.loop import NonFiniteLoss
     from tsa.models.family import ModelError
     from tsa.train.preflight import StorageError
     from tsa.train.shards import DataError
 
+    started = False
     try:
+        check_run_folder(out)
         with _config_restored_on_failure(out, resume):
             if strategy is not None:
                 override = [*override, f"train.strategy={strategy}"]
             probe_dataset(shards)  # a missing bucket, bad credentials, no dataset.json: before anything is written
+            if workers > 1 or ray_address is not None:
+                started = connect_ray(ray_address)  # a wrong address or token: before anything is written
             job, cfg = prepare_job(shards, out, config, override, resume=resume, max_steps=max_steps,
                                    checkpoint_every=checkpoint_every, skip_bad_samples=skip_bad_samples)
             state = launch(job, workers=workers, strategy=cfg.train.strategy, ray_address=ray_address)
+    except (RunFolderError, RayConnectError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
     except (ConfigError, DatasetMismatch, DataError, ModelError, NonFiniteLoss, TrainError, FileNotFoundError,
             CheckpointMismatch, StorageError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
     data = state.get("data", {})
     typer.echo(f"trained to step {state.get('step')} ({data.get('consumed')} samples, "
                f"{state.get('nonfinite_skipped', 0)} non-finite steps skipped, "

@@ -17,7 +17,7 @@ from tsa.train.data import DataPosition, RankLoader, microbatches_per_step
 from tsa.train.dataset_check import check_dataset, open_dataset
 from tsa.train.distributed import Dist, clip_gradients, fsdp_param_dtype, no_grad_sync, unwrap, wrap
 from tsa.train.memory_plan import plan_memory
-from tsa.train.metrics import MetricsLog
+from tsa.train.metrics import MetricsLog, emit
 from tsa.train.preflight import check_storage
 from tsa.train.optim import apply_train_config, build_lr_scheduler, build_optimizer
 from tsa.train.step import StepContext, micro_batch_losses
@@ -55,12 +55,13 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
 
     cfg = job.cfg
     out = Path(job.out)
+    check_storage(job.shards, job.out, cfg, dist)  # first: a path one worker cannot use names its node
     info = open_dataset(job.shards)
     check_dataset(info, cfg)  # cheap checks before any weights are loaded
     resolve_tiny(cfg)  # `tiny` refs: built (bit-identical) in this machine's own cache
-    check_storage(job.shards, job.out, cfg, dist)
 
-    ckpt = latest_checkpoint(out) if job.resume else None
+    # Rank 0 chooses, every rank loads the same one (a listing on shared storage may lag on a node).
+    ckpt = dist.broadcast(latest_checkpoint(out) if job.resume else None)
     if job.resume and ckpt is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {out}")
     if ckpt is not None and (ckpt / "transformer").is_dir():  # a LoRA checkpoint keeps the base
@@ -78,7 +79,7 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
         check_dataset(info, cfg, projector_grid=student.projector.output_grid(cfg.geometry.student_grid),
                       projector_dim=student.projector.out_dim)
     if dist.is_main and dist.device.type == "cuda":
-        print(plan_memory(student.transformer, student.projector, cfg, dist.strategy, dist.world).table(), flush=True)
+        emit(plan_memory(student.transformer, student.projector, cfg, dist.strategy, dist.world).table())
     model = wrap(student, dist, load=lambda: build_student(cfg), param_dtype=fsdp_param_dtype(cfg, dist))
     optimizer = build_optimizer(model, cfg.train, dist.device)
     lr_scheduler = build_lr_scheduler(optimizer, cfg.train)
@@ -91,8 +92,7 @@ def run_training(job: TrainJob, dist: Dist) -> dict[str, Any]:
         state.update({k: saved[k] for k in state})
         position = DataPosition.from_dict(saved["data"])
         if dist.is_main:
-            print(f"resuming {out} from {ckpt.name} (step {saved['step']}, "
-                  f"{position.consumed} samples consumed)", flush=True)
+            emit(f"resuming {out} from {ckpt.name} (step {saved['step']}, {position.consumed} samples consumed)")
     loader = RankLoader(info, cfg, dist.rank, dist.world, start=position, pin_memory=dist.device.type == "cuda")
     start_bad = position.bad_samples if position is not None else 0
     start_consumed = position.consumed if position is not None else 0

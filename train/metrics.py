@@ -10,10 +10,27 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"
+
+_console: Optional[Callable[[str], None]] = None  # where rank 0's lines go; None: this process's stderr
+
+
+def set_console(sink: Optional[Callable[[str], None]]) -> None:
+    """Send the run's console lines (steps, notices) to `sink` instead of stderr: on Ray Train
+    workers, to the driver, which prints each line once (train/launch.py)."""
+    global _console
+    _console = sink
+
+
+def emit(text: str) -> None:
+    """One console line of the run (rank 0 only calls it)."""
+    if _console is not None:
+        _console(text)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 def read_metrics(out: Path) -> list[dict[str, Any]]:
@@ -80,7 +97,7 @@ class MetricsLog:
         if self.bar is not None:
             self.bar.print(text)
         else:
-            print(text, file=sys.stderr, flush=True)
+            emit(text)
 
     def close(self) -> None:
         self._file.close()

@@ -21,13 +21,14 @@ class StorageError(RuntimeError):
 
 
 def node_name() -> str:
-    """`hostname (ip)` of this process's machine, as Ray reports it when Ray runs it."""
+    """`hostname (ip, node id)` of this process's machine as Ray names it when Ray runs it (the
+    first 8 hex digits of the Ray node id tell apart nodes that share a host), else the host name."""
     host = socket.gethostname()
     try:
         import ray
 
         if ray.is_initialized():
-            return f"{host} ({ray.util.get_node_ip_address()})"
+            return f"{host} ({ray.util.get_node_ip_address()}, node {ray.get_runtime_context().get_node_id()[:8]})"
     except Exception:  # Ray absent or not connected: the host name is enough
         pass
     return host
@@ -42,7 +43,15 @@ def _local_model_paths(cfg: Config) -> list[tuple[str, Path]]:
 
 def _read_errors(shards: str, cfg: Config) -> list[str]:
     errors = []
-    if not is_url(shards):
+    if is_url(shards):  # the bucket as this worker sees it (its credentials, its network)
+        from tsa.train.dataset_check import probe_dataset
+
+        try:
+            probe_dataset(shards)
+        except Exception as e:  # noqa: BLE001 (any failure to read is this worker's storage problem)
+            first = (str(e).strip().splitlines() or [""])[0]
+            errors.append(f"cannot read --shards {shards} ({type(e).__name__}: {first})")
+    else:
         root = Path(shards)
         info = root / "dataset.json" if (root / "dataset.json").exists() else root.parent / "dataset.json"
         try:
