@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from tsa.configs import load_config
 from tsa.testing.synthetic import make_synthetic_dataset
@@ -80,3 +81,96 @@ def test_bundled_prompts_and_a_missing_file(tmp_path):
     assert 3 <= len(bundled) <= 8 and all(not p.startswith("#") for p in bundled)
     with pytest.raises(ConfigError, match="train.validation_prompts=.*nope.txt: file not found"):
         validation_prompts(load_config("tiny", [f"train.validation_prompts={tmp_path / 'nope.txt'}"]))
+
+
+class _Rank:
+    """One rank of a 2-worker run, for the Validator (no process group: every collective is local)."""
+
+    active, world = True, 2
+
+    def __init__(self, rank: int, strategy: str):
+        self.rank, self.strategy, self.device, self.barriers = rank, strategy, torch.device("cpu"), 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        self.barriers += 1
+
+    def broadcast(self, obj):
+        return obj
+
+
+def _validator(tmp_path, name="tiny", rank=0, strategy="ddp"):
+    from tsa.models.student import build_student
+    from tsa.models.tiny import resolve_tiny
+    from tsa.train.distributed import Dist
+    from tsa.train.validate import Validator, embed_prompts
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a ball rolls across the table\n")
+    cfg = resolve_tiny(load_config(name, ["train.validation_steps=1", f"train.validation_prompts={prompts}"]))
+    embeds = embed_prompts(cfg, tmp_path / "run", Dist())
+    student = build_student(cfg)
+    return Validator(cfg, tmp_path / "run", _Rank(rank, strategy), embeds), student
+
+
+def _count_forwards(module, seen):
+    real = module.forward
+
+    def forward(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return real(*args, **kwargs)
+
+    module.forward = forward
+
+
+def test_under_ddp_only_rank_0_renders_and_the_others_wait(tmp_path):
+    validator, student = _validator(tmp_path, rank=1, strategy="ddp")
+    assert validator.renders_alone
+    student.transformer.forward = lambda *a, **k: pytest.fail("rank 1 ran the transformer")
+    folder = validator(2, student, student.transformer)
+    assert validator.dist.barriers == 1 and not folder.exists() and validator._pipe_parts is None
+
+
+def test_under_fsdp2_every_rank_runs_the_transformer_and_only_rank_0_decodes(tmp_path):
+    validator, student = _validator(tmp_path, rank=1, strategy="fsdp2")
+    assert not validator.renders_alone
+    seen = []
+    _count_forwards(student.transformer, seen)
+    folder = validator(2, student, student.transformer)
+    assert len(seen) >= 1 and validator.dist.barriers == 1 and not folder.exists()
+    assert validator._pipe_parts[0] is None  # no VAE on a rank that does not decode
+
+
+@pytest.mark.parametrize("name, vae_autocast", [("tiny", True), ("tiny_wan21", False)])
+def test_the_vae_decodes_in_its_own_dtype_and_waits_on_the_cpu(tmp_path, monkeypatch, name, vae_autocast):
+    """bf16 autocast (on a GPU; here forced on the CPU) covers the transformer; the VAE decodes
+    under it only where the family allows a bf16 VAE (CogVideoX), Wan's in fp32. Afterwards the
+    VAE is moved back to the CPU."""
+    from tsa.train.validate import Validator
+
+    monkeypatch.setattr(Validator, "compute_dtype", property(lambda self: torch.bfloat16))
+    validator, student = _validator(tmp_path, name)
+    in_transformer, in_decode, moves = [], [], []
+    _count_forwards(student.transformer, in_transformer)
+    vae, _ = validator._parts()
+    real_decode, real_to = vae.decode, vae.to
+
+    def decode(*args, **kwargs):
+        in_decode.append((torch.is_autocast_enabled("cpu"), next(vae.parameters()).dtype))
+        return real_decode(*args, **kwargs)
+
+    def to(*args, **kwargs):
+        moves.append(str(args[0]))
+        return real_to(*args, **kwargs)
+
+    vae.decode, vae.to = decode, to
+    folder = validator(2, student, student.transformer)
+    assert (folder / "prompts.json").is_file() and validator.dist.barriers == 1
+    assert in_transformer and all(in_transformer)
+    assert in_decode == [(vae_autocast, torch.float32)]
+    assert moves[-1] == "cpu"
+    assert "decode" not in vars(vae) or vars(vae)["decode"] is decode  # the patch is undone
+    assert "forward" in vars(student.transformer)  # our counting wrapper, left as it was
