@@ -57,14 +57,32 @@ def latest_by_file(out: Path, records: list[dict]) -> dict[str, dict]:
     return {f: r for f, r in latest.items() if (Path(out) / f).is_file()}
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a crashed write's partial last line so that it cannot end up mid-file (reads only the
+    tail: the log of a VBench run holds thousands of lines)."""
+    with path.open("r+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        pos = end
+        while pos > 0:
+            step = min(65536, pos)
+            pos -= step
+            f.seek(pos)
+            cut = f.read(step).rfind(b"\n")
+            if cut >= 0:
+                f.truncate(pos + cut + 1)
+                return
+        f.truncate(0)
+
+
 def append_record(out: Path, record: dict) -> None:
     path = Path(out) / SAMPLES_FILE
     if path.is_file():
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            # Drop the torn tail of a crashed write so that it cannot end up mid-file.
-            with path.open("r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
+        _drop_torn_tail(path)
     with path.open("a", encoding="utf-8") as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()

@@ -1,10 +1,11 @@
 """Deal videos out to workers: in this process (one worker, no Ray address), or one Ray actor per
 GPU (per CPU on a cluster without GPUs), each holding its own pipeline.
 
-Each worker has one video in flight; as soon as it returns, it gets the next one from the queue
-(before the driver writes the returned bytes). Only the driver writes files: a worker returns
-mp4 bytes. A worker that dies (its process killed, a node lost) loses only the video it was
-making: that video goes back to the front of the queue and a fresh worker takes its place. An
+Each worker has two videos queued (PREFETCH): the one it makes and the next, so it never waits
+for the driver; as one returns, the next is queued. Only the driver writes files: a worker
+returns mp4 bytes. A worker that dies (its process killed, a node lost) loses only the video it
+was making: that video and the one queued behind it go back to the front of the queue and a
+fresh worker takes its place. An
 exception raised inside a worker (a bad prompt, a CUDA error) stops the run with its message;
 the videos already made stay recorded, so rerunning continues.
 """
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from tsa.evaluate.render import Job, timed_render
+
+
+PREFETCH = 2  # videos queued on a worker at once: the one it makes, and the next
 
 
 class WorkerError(RuntimeError):
@@ -133,11 +137,18 @@ def _run_pool(queue_jobs: list[Job], factory, n: int, asked: int, events: PoolEv
         actors[worker] = actor_cls.options(max_restarts=0, max_task_retries=0, **options).remote(factory)
         pending[actors[worker].where.remote()] = ("ready", worker, None)
 
+    def in_flight(worker: int) -> list:
+        return [ref for ref, (kind, w, _) in pending.items() if w == worker and kind == "render"]
+
     def give(worker: int) -> None:
-        if queue:
+        """Top the worker up to PREFETCH videos (it starts the next one while the driver
+        writes the last); a worker with nothing left is let go, freeing its GPU."""
+        queued = len(in_flight(worker))
+        while queue and queued < PREFETCH:
             job = queue.popleft()
             pending[actors[worker].render.remote(job)] = ("render", worker, job)
-        else:  # nothing left for this worker: free its GPU
+            queued += 1
+        if not queued:
             ray.kill(actors.pop(worker))
 
     try:
@@ -156,12 +167,13 @@ def _run_pool(queue_jobs: list[Job], factory, n: int, asked: int, events: PoolEv
                 if kind == "ready" and "__init__" in str(e):
                     raise WorkerError(f"worker {worker} could not build the pipeline: {_cause(e)}") from None
                 deaths += 1
+                # Its current video is lost; the ones queued behind it were not started.
+                back = ([job] if job is not None else []) + [pending.pop(r)[2] for r in in_flight(worker)]
                 lost = f"; {job.file} goes back in the queue" if job is not None else ""
                 events.notice(f"worker {worker} died ({_cause(e)}){lost}")
                 if deaths > max_deaths:
                     raise WorkerError(f"{deaths} workers died (the last: {_cause(e)}); stopping") from None
-                if job is not None:
-                    queue.appendleft(job)
+                queue.extendleft(reversed(back))
                 try:
                     ray.kill(actors.pop(worker))
                 except Exception:  # noqa: BLE001 (already gone)
@@ -169,12 +181,11 @@ def _run_pool(queue_jobs: list[Job], factory, n: int, asked: int, events: PoolEv
                 if queue:
                     spawn(worker)
                 continue
+            give(worker)  # before the driver writes this video, so that the worker never waits
             if kind == "ready":
                 events.ready(worker, result)
-                give(worker)
-                continue
-            give(worker)  # the worker starts its next video while the driver writes this one
-            events.done(job, *result)
+            else:
+                events.done(job, *result)
     finally:
         for actor in actors.values():
             try:
