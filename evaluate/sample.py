@@ -236,6 +236,8 @@ def _sample(opts, ps: PromptSet, models: Models, on_ray: bool, log, bar, factory
     if summary.skipped:
         log(f"{summary.skipped} video(s) already in {out / SAMPLES_FILE}: skipped")
     out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob(".*.tmp"), *out.glob("videos/.*.tmp")]:  # a crashed run's half-written videos
+        stale.unlink()
     write_plan(out, plan_entry(ps, opts, wanted))
     if not todo:
         write_eval_csv(out, records)

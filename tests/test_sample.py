@@ -134,12 +134,13 @@ def test_resume_skips_done_prompts(tiny_run, first_out, tmp_path):
     with (out / "samples.jsonl").open("a") as f:
         f.write('{"index": 9, "pro')
     (out / "00002_s42_v0.mp4").unlink()
+    (out / ".00002_s42_v0.mp4.tmp").write_bytes(b"half a video")  # killed while writing it
     res = _cli(*common)
     assert res.exit_code == 0, res.output
     assert "1 video(s) written, 2 already there" in res.output
     assert [r["index"] for r in _records(out)] == [0, 1, 2, 2]  # the torn tail is gone
     assert (out / "00002_s42_v0.mp4").is_file()
-    assert not list(out.glob(".*.tmp.mp4"))
+    assert not list(out.glob(".*.tmp"))
 
 
 def test_resume_refuses_other_settings_or_changed_prompts(tiny_run, first_out, tmp_path):
