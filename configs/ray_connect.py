@@ -86,20 +86,23 @@ def connect(address: Optional[str], *, runtime_env: Optional[dict[str, Any]] = N
     if ray.is_initialized():
         return False
     quiet_ray_loggers()
-    if address not in (None, "auto", "local"):
-        why = reachable(address) or refused(address)
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    named = f"--ray-address {address}" if address else f"RAY_ADDRESS={target}"
+    if target not in ("auto", "local"):
+        why = reachable(target) or refused(target)
         if why:
-            raise RayConnectError(f"--ray-address {address}: cannot reach the Ray cluster ({why})")
+            raise RayConnectError(f"{named}: cannot reach the Ray cluster ({why})")
     try:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 configure_logging=False, runtime_env=runtime_env, **init_kwargs)
+        ray.init(address=target, include_dashboard=False, configure_logging=False, runtime_env=runtime_env,
+                 **init_kwargs)
     except Exception as e:  # AuthenticationError, ConnectionError, a wrong address: one clear line each
         ray.shutdown()
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         # Ray reports a refused token as AuthenticationError, or (after ~20 s of retries) as a
         # ConnectionError whose cause is only in its native log lines.
         hint = f" (if the cluster uses token authentication: {TOKEN_HINT})" \
-            if "auth" in f"{type(e).__name__} {e}".lower() or (address and isinstance(e, ConnectionError)) else ""
-        raise RayConnectError(f"--ray-address {address or '(local)'}: cannot connect to Ray: {type(e).__name__}: "
-                              f"{first[:300]}{hint}") from None
+            if "auth" in f"{type(e).__name__} {e}".lower() or (target != "local" and isinstance(e, ConnectionError)) \
+            else ""
+        where = named if target != "local" else "a local Ray"
+        raise RayConnectError(f"{where}: cannot connect to Ray: {type(e).__name__}: {first[:300]}{hint}") from None
     return True

@@ -36,7 +36,7 @@ class Geometry:
     vae_spatial_compression: int = 8
     student_patch: int = 2  # spatial patch of the student transformer
     # Temporal patch of the student (CogVideoX1.5: 2); the student pads the noisy latent in
-    # front with copies of its frame 0 to a multiple of it (docs/families.md).
+    # front with a frame of its own (clean frame 0, fresh noise) to a multiple of it (docs/families.md).
     student_patch_t: int = 1
     teacher_scale: int = 3  # teacher input = frames[1:] resized by 1/teacher_scale
     # [H, W] of the teacher input frames when 1/teacher_scale does not give whole tubelets
@@ -63,7 +63,7 @@ class Geometry:
 
     @property
     def student_pad_frames(self) -> int:
-        """Latent frames added in front (copies of frame 0) to fill the first temporal patch."""
+        """Latent frames added in front (clean frame 0 with fresh noise) to fill the first temporal patch."""
         return self.student_grid[0] * self.student_patch_t - self.latent_shape[1]
 
     @property

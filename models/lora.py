@@ -79,6 +79,9 @@ def save_lora(folder: Path, student_weights: dict[str, torch.Tensor], cfg: LoraC
 
     meta = peft_config(cfg).to_dict()
     meta["target_modules"] = sorted(meta["target_modules"])
-    meta = {k: v for k, v in meta.items() if k in ("r", "lora_alpha", "lora_dropout", "target_modules")}
+    # rank_pattern and alpha_pattern (empty) too: diffusers 0.35-0.37 read them unconditionally
+    # when they load the adapters (a KeyError without them); newer and older releases default them.
+    meta = {k: v for k, v in meta.items()
+            if k in ("r", "lora_alpha", "lora_dropout", "target_modules", "rank_pattern", "alpha_pattern")}
     pipeline_class.save_lora_weights(str(folder), transformer_lora_layers=to_diffusers(student_weights),
                                         weight_name=LORA_WEIGHTS, transformer_lora_adapter_metadata=meta)

@@ -65,6 +65,14 @@ def test_an_unreachable_cluster_is_one_line_and_exit_2_before_anything_is_writte
     assert seconds < 20 and not out.exists() and not ray.is_initialized()
 
 
+def test_an_unreachable_ray_address_from_the_environment_is_named_as_such(shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # as `ray job submit` would set it, here wrong
+    code, output, seconds = _cli("--shards", shards, "--out", tmp_path / "run", "--config", "tiny", "--workers", 2)
+    assert code == 2 and _errors(output) == ["error: RAY_ADDRESS=127.0.0.1:1: cannot reach the Ray cluster "
+                                             "(ConnectionRefusedError: Connection refused)"], output
+    assert seconds < 20 and not (tmp_path / "run").exists()
+
+
 def test_a_cluster_that_refuses_the_token_is_one_line_and_exit_2(shards, tmp_path, monkeypatch):
     """A token-authenticated head answers a client without its token at once (GcsClient raises
     AuthenticationError, seen against a real `RAY_AUTH_MODE=token ray start --head`)."""
