@@ -12,6 +12,7 @@ the videos already made stay recorded, so rerunning continues.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
@@ -20,6 +21,7 @@ from tsa.evaluate.render import Job, timed_render
 
 
 PREFETCH = 2  # videos queued on a worker at once: the one it makes, and the next
+WAIT_NOTICE_S = 120.0  # say which workers are still not ready after this long without any event
 
 
 class WorkerError(RuntimeError):
@@ -70,6 +72,9 @@ def connect_ray(address: Optional[str]) -> bool:
         return False
     from tsa.models.cache import cache_root
 
+    why = _unreachable(address) if address not in (None, "auto", "local") else None
+    if why:  # ray.init would retry for minutes
+        raise WorkerError(f"--ray-address {address}: cannot reach the Ray cluster ({why})")
     try:
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
                  log_to_driver=False, configure_logging=False,
@@ -81,6 +86,20 @@ def connect_ray(address: Optional[str]) -> bool:
         raise WorkerError(f"--ray-address {address or '(local)'}: cannot connect to Ray: "
                           f"{type(e).__name__}: {first[:300]}") from None
     return True
+
+
+def _unreachable(address: str, timeout: float = 10.0) -> Optional[str]:
+    """For HOST:PORT, None when a TCP connection opens within `timeout`, else why not."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        return f"{type(e).__name__}: {e.strerror or e}"
+    return None
 
 
 def actor_resources(workers: int, resources: dict) -> tuple[dict, str]:
@@ -154,8 +173,18 @@ def _run_pool(queue_jobs: list[Job], factory, n: int, asked: int, events: PoolEv
     try:
         for worker in range(n):
             spawn(worker)
+        start, ready = time.monotonic(), set()
         while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=WAIT_NOTICE_S)
+            if not done:
+                loading = [w for w in actors if w not in ready]
+                if loading:
+                    free = ray.available_resources()
+                    events.notice(f"{len(loading)} of {n} workers not ready after {time.monotonic() - start:.0f} s "
+                                  f"(loading the pipeline, or waiting for a free GPU: the cluster has "
+                                  f"{free.get('GPU', 0):g} GPU(s) and {free.get('CPU', 0):g} CPU(s) free)")
+                continue
+            (ref,) = done
             kind, worker, job = pending.pop(ref)
             try:
                 result = ray.get(ref)
@@ -172,8 +201,10 @@ def _run_pool(queue_jobs: list[Job], factory, n: int, asked: int, events: PoolEv
                 lost = f"; {job.file} goes back in the queue" if job is not None else ""
                 events.notice(f"worker {worker} died ({_cause(e)}){lost}")
                 if deaths > max_deaths:
-                    raise WorkerError(f"{deaths} workers died (the last: {_cause(e)}); stopping") from None
+                    making = f" while making {job.file}" if job is not None else " while loading"
+                    raise WorkerError(f"{deaths} workers died (the last{making}: {_cause(e)}); stopping") from None
                 queue.extendleft(reversed(back))
+                ready.discard(worker)
                 try:
                     ray.kill(actors.pop(worker))
                 except Exception:  # noqa: BLE001 (already gone)
@@ -183,6 +214,7 @@ def _run_pool(queue_jobs: list[Job], factory, n: int, asked: int, events: PoolEv
                 continue
             give(worker)  # before the driver writes this video, so that the worker never waits
             if kind == "ready":
+                ready.add(worker)
                 events.ready(worker, result)
             else:
                 events.done(job, *result)
