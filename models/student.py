@@ -152,4 +152,6 @@ def _empty_transformer(family: StudentFamily, ref: str) -> nn.Module:
     cls = family.diffusers_class(family.transformer_class)
     config = family.transformer_config(ref)
     with _meta_parameters():
-        return cls.from_config(config)
+        transformer = cls.from_config(config)
+    transformer.register_to_config(_name_or_path=ref)  # as from_pretrained records it (saved in config.json)
+    return transformer

@@ -14,8 +14,11 @@ adapters and the projector), W the workers, b the micro-batch:
     buffers      the model's buffers (CogVideoX-2B's fixed position table), on every GPU
     buckets      DDP all-reduce buckets         0: gradient_as_bucket_view makes the gradients
                                                 the buckets (4 P without it)
-    transient    DDP / one worker: bf16 autocast copies of the weights (autocast caches every
-                 cast until the forward ends: 2 P). FSDP2 (MixedPrecisionPolicy, bf16
+    transient    DDP / one worker: bf16 autocast copies of the weights. Autocast caches the
+                 cast of every trainable weight until the forward ends (2 T); a frozen weight
+                 (LoRA's base) is cast at each use and its copy lives only as long as autograd
+                 keeps it for the backward: one block's worth (plus the frozen layers outside
+                 the blocks) with gradient checkpointing, every frozen weight without. FSDP2 (MixedPrecisionPolicy, bf16
                  parameters, fp32 reduction): the root unit's parameters all-gathered in bf16
                  for the whole step (FSDP2 keeps the root unsharded after forward) and its
                  unsharded bf16 gradients plus their fp32 reduce-scatter input; two blocks'
@@ -129,8 +132,13 @@ def plan_memory(transformer: nn.Module, projector: Optional[nn.Module], cfg: Con
         gathered = block * pb * (3 + 1 / workers)
         reducing = block_t * (pb + 2 * rb + rb / workers)
         transient, name = root + gathered + reducing, "FSDP2 gathered / reducing"
+    elif bf16:  # autocast caches the casts of trainable weights; frozen ones (LoRA's base) are cast per use
+        trainable = total - (outside - outside_t) - sum(_count(b) - _count(b, True) for b in blocks)
+        frozen_block = max(_count(b) - _count(b, True) for b in blocks)
+        frozen = frozen_block + (outside - outside_t) if cfg.train.gradient_checkpointing else total - trainable
+        transient, name = 2 * trainable + 2 * frozen, "bf16 autocast copies"
     else:
-        transient, name = (2 * total if bf16 else 0), "bf16 autocast copies"
+        transient, name = 0, "bf16 autocast copies"
 
     f, h, w = cfg.geometry.student_grid
     # CogVideoX attends over text and video tokens jointly; Wan's text enters by cross-attention.
