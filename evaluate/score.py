@@ -161,6 +161,9 @@ def score_vbench(out: Path, records: dict[str, dict], benchmark: Optional[str], 
             raw = video.get("video_results")
             scores[f][dim] = float(raw) if isinstance(raw, (int, float)) else None
         wanted = sorted(f for f in records if dim in serves[f])
+        if not seen:
+            raise ScoreFileError(f"{d.source}: {dim} has no per-video results (of the {len(wanted)} videos "
+                                 f"of {out} for it)")
         missing = [f for f in wanted if f not in seen]
         if missing and dim not in VBENCH_MAY_DROP:
             raise ScoreFileError(f"{d.source}: {dim} has no result for {len(missing)} of its {len(wanted)} videos "
@@ -169,7 +172,9 @@ def score_vbench(out: Path, records: dict[str, dict], benchmark: Optional[str], 
             notes.append(f"{dim}: VBench kept {len(seen)} of {len(wanted)} videos (it drops videos itself there)")
         num = sum(parts[f][dim][0] for f in seen)
         den = sum(parts[f][dim][1] for f in seen)
-        recomputed = num / den if den else float("nan")
+        if den <= 0:
+            raise ScoreFileError(f"{d.source}: {dim}: the per-video results add up to no frames / videos")
+        recomputed = num / den
         offsets[dim] = d.value - recomputed
         if abs(offsets[dim]) > 5e-4:
             notes.append(f"{dim}: VBench reports {100 * d.value:.2f}, its per-video results give "
@@ -226,8 +231,14 @@ def run_estimates(runs: list[ScoredRun], replicates: int = bootstrap.REPLICATES)
 
 
 def _estimate(values: np.ndarray) -> dict:
+    """{"value", "ci95"} in %, rounded to 4 decimals (None where undefined: strict JSON)."""
     lo, hi = bootstrap.interval(values[1:])
-    return {"value": round(float(values[0]), 4), "ci95": [round(lo, 4), round(hi, 4)]}
+    return {"value": _round(values[0]), "ci95": [_round(lo), _round(hi)]}
+
+
+def _round(x) -> Optional[float]:
+    x = float(x)
+    return round(x, 4) if np.isfinite(x) else None
 
 
 def summary(run: ScoredRun, values: dict[str, np.ndarray], units: int, replicates: int) -> dict:
@@ -299,7 +310,7 @@ def score_folder(out: Path, inputs: ScoreInputs, replicates: int = bootstrap.REP
 def write_scores(out: Path, result: dict) -> Path:
     path = Path(out) / SCORES_FILE
     tmp = path.with_name(SCORES_FILE + ".tmp")
-    tmp.write_text(json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(result, ensure_ascii=False, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 
