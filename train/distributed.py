@@ -7,6 +7,7 @@ TorchTrainer, which sets up torch.distributed (NCCL on GPUs, gloo on CPUs) befor
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -115,8 +116,6 @@ def wrap(student: nn.Module, dist: Dist, load: Optional[Callable[[], nn.Module]]
     # Gradients live in the all-reduce buckets (no second copy of 2B fp32 gradients), and there
     # are no buffers that change during training to broadcast every step (the initial ones are
     # synchronised above and by DDP's own start-up broadcast).
-    import inspect
-
     no_forward_sync = ({"forward_sync_buffers": False}  # torch >= 2.13: broadcast_buffers is deprecated
                        if "forward_sync_buffers" in inspect.signature(DDP).parameters else {"broadcast_buffers": False})
     return DDP(student, device_ids=ids, gradient_as_bucket_view=True, **no_forward_sync)
