@@ -258,8 +258,13 @@ def _sample(opts, ps: PromptSet, models: Models, on_ray: bool, log, bar, factory
     workers = min(opts.workers, len(todo))
     if bar is not None:
         bar.start(len(todo), workers)
-    events = PoolEvents(done=done_video, ready=lambda w, where: bar.ready() if bar is not None else None,
-                        notice=log)
+    def worker_ready(worker: int, where: str) -> None:
+        if bar is not None:
+            bar.ready()
+        if on_ray:
+            log(f"worker {worker} ready ({where})")
+
+    events = PoolEvents(done=done_video, ready=worker_ready, notice=log)
     try:
         run_jobs(todo, functools.partial(factory, spec), workers, events,
                  ray_address=opts.ray_address if on_ray else None)
