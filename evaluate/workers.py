@@ -11,6 +11,7 @@ the videos already made stay recorded, so rerunning continues.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import deque
@@ -150,6 +151,8 @@ def _run_pool(queue_jobs: list[Job], factory, n: int, asked: int, events: PoolEv
     actors: dict[int, Any] = {}
     pending: dict[Any, tuple[str, int, Optional[Job]]] = {}  # ref -> (kind, worker, job)
     deaths, max_deaths = 0, 2 * n + 2
+    order: dict[Any, int] = {}  # render ref -> when it was queued
+    counter = itertools.count()
 
     def spawn(worker: int) -> None:
         # max_restarts=0: a dead worker is replaced here, where its lost video is requeued.
@@ -157,6 +160,7 @@ def _run_pool(queue_jobs: list[Job], factory, n: int, asked: int, events: PoolEv
         pending[actors[worker].where.remote()] = ("ready", worker, None)
 
     def in_flight(worker: int) -> list:
+        """The worker's queued render refs."""
         return [ref for ref, (kind, w, _) in pending.items() if w == worker and kind == "render"]
 
     def give(worker: int) -> None:
@@ -165,7 +169,9 @@ def _run_pool(queue_jobs: list[Job], factory, n: int, asked: int, events: PoolEv
         queued = len(in_flight(worker))
         while queue and queued < PREFETCH:
             job = queue.popleft()
-            pending[actors[worker].render.remote(job)] = ("render", worker, job)
+            ref = actors[worker].render.remote(job)
+            pending[ref] = ("render", worker, job)
+            order[ref] = next(counter)
             queued += 1
         if not queued:
             ray.kill(actors.pop(worker))
@@ -196,12 +202,19 @@ def _run_pool(queue_jobs: list[Job], factory, n: int, asked: int, events: PoolEv
                 if kind == "ready" and "__init__" in str(e):
                     raise WorkerError(f"worker {worker} could not build the pipeline: {_cause(e)}") from None
                 deaths += 1
-                # Its current video is lost; the ones queued behind it were not started.
-                back = ([job] if job is not None else []) + [pending.pop(r)[2] for r in in_flight(worker)]
-                lost = f"; {job.file} goes back in the queue" if job is not None else ""
+                # Every queued video of the worker fails with it, in any order: the first queued
+                # one was being made (lost), the others had not started.
+                if job is not None:
+                    pending[ref] = (kind, worker, job)
+                refs = sorted(in_flight(worker), key=order.__getitem__)
+                back = [pending.pop(r)[2] for r in refs]
+                for r in refs:
+                    del order[r]
+                current = back[0] if back else None
+                lost = f"; {current.file} goes back in the queue" if current is not None else ""
                 events.notice(f"worker {worker} died ({_cause(e)}){lost}")
                 if deaths > max_deaths:
-                    making = f" while making {job.file}" if job is not None else " while loading"
+                    making = f" while making {current.file}" if current is not None else " while loading"
                     raise WorkerError(f"{deaths} workers died (the last{making}: {_cause(e)}); stopping") from None
                 queue.extendleft(reversed(back))
                 ready.discard(worker)
@@ -212,6 +225,7 @@ def _run_pool(queue_jobs: list[Job], factory, n: int, asked: int, events: PoolEv
                 if queue:
                     spawn(worker)
                 continue
+            order.pop(ref, None)
             give(worker)  # before the driver writes this video, so that the worker never waits
             if kind == "ready":
                 ready.add(worker)
