@@ -1,1 +1,3 @@
-"""Generating videos from checkpoints: `tsa sample` and the prompt sets."""
+"""Judging checkpoints: `tsa sample` (videos for the shipped benchmark prompt sets, on one GPU or
+many) and `tsa score` (the official evaluators' files -> the paper's tables with bootstrap
+intervals, runs side by side)."""
