@@ -118,7 +118,12 @@ def print_summary(console: Console, r: RunResult) -> None:
         console.print(table)
     failed = c.get("failed", 0)
     if r.retried:
-        console.print(f"retried {r.retried} failed clip(s) of finished shards")
+        same = (f"; {r.shards_unchanged} shard(s) came out as before (their clips failed again the same way) and "
+                f"were left as they were") if r.shards_unchanged else ""
+        console.print(f"retried {r.retried} failed clip(s) of finished shards{same}")
+    if len(r.shards_by_node) > 1:
+        console.print(f"shards written by the writers of {len(r.shards_by_node)} nodes: "
+                      + ", ".join(f"{n[:8]} {k}" for n, k in sorted(r.shards_by_node.items())))
     if r.too_many_failed:
         tried = c.get("ok", 0) + failed
         why = "every clip" if failed == tried else f"{100 * r.failed_fraction:.0f}%, more than"

@@ -30,7 +30,7 @@ from tsa.shards.dataset_info import (
     inputs_fingerprint,
     read_dataset_info,
 )
-from tsa.shards.layout import DATASET_JSON, MANIFEST, MASKS, SHARDS_DIR, SUBSET_FILE, TMP_SUFFIX, shard_marker, shard_of
+from tsa.shards.layout import DATASET_JSON, MANIFEST, MASKS, SHARDS_DIR, SUBSET_FILE, TMP_SUFFIX, shard_of
 from tsa.pipeline.inputs import select_inputs
 from tsa.pipeline.sources import ClipItem
 from tsa.shards.writer import remove_partial_shards, write_json_atomic
@@ -57,6 +57,9 @@ class RunResult:
     process_s: float = 0.0  # first row requested -> last shard published
     removed_partial: int = 0
     retried: int = 0  # failed rows of finished shards re-processed (--retry-failed)
+    shards_unchanged: int = 0  # --retry-failed: rebuilt shards whose rows came out as before (not republished)
+    finalize_rebuilt: int = 0  # shards whose markers and maps finalize read (0: manifest and masks were current)
+    shards_by_node: dict[str, int] = field(default_factory=dict)  # Ray node id -> shards its writers published
     max_failed_fraction: float = 0.5
 
     @property
@@ -486,16 +489,73 @@ def clip_list_fingerprint(items: list[ClipItem]) -> str:
     return inputs_fingerprint([(it.key, it.video, it.caption) for it in items])
 
 
-def _retry_rows(out: Path, items: list[ClipItem], done: set[int], sps: int
+def _listing(folder: Path) -> dict[str, int]:
+    from tsa.shards.storage import open_store
+
+    return open_store(folder).list_sizes(str(folder))
+
+
+def complete_shards(listing: dict[str, int], n_shards: int) -> set[int]:
+    """Shards whose tar and marker are both in the listing of shards/ (one listing, no stat each)."""
+    from tsa.shards.layout import shard_name
+
+    return {s for s in range(n_shards) if f"{shard_name(s)}.json" in listing and f"{shard_name(s)}.tar" in listing}
+
+
+def collect_rows(rows, on_row: Optional[Callable[[dict[str, Any]], None]] = None,
+                 by_node: Optional[dict[str, int]] = None) -> tuple[list[int], dict[str, int], int]:
+    """The driver's part of writing: the small rows of the route stage (pipeline/writers.py).
+    Returns (shards published, failure reasons, how many shards were left unchanged);
+    `by_node` counts the shards each node's writers published."""
+    import json
+
+    written: list[int] = []
+    unchanged = 0
+    reasons: dict[str, int] = {}
+    for row in rows:
+        manifest = json.loads(row["row_json"])
+        events = json.loads(row["events"])
+        written += [int(m["shard"]) for m in events["published"]]
+        unchanged += len(events["unchanged"])
+        if by_node is not None:
+            for m in events["published"]:
+                by_node[m.get("node", "?")] = by_node.get(m.get("node", "?"), 0) + 1
+        if manifest["status"] == "failed":
+            reason = _reason(manifest["error"])
+            reasons[reason] = reasons.get(reason, 0) + 1
+        if on_row is not None:
+            on_row(manifest)
+    return written, reasons, unchanged
+
+
+def _abort_writers(ray_module, writers: list) -> None:
+    """Drop the writers' unfinished shards (their .tmp files) before the actors go."""
+    try:
+        ray_module.get([w.abort.remote() for w in writers], timeout=60)
+    except Exception:  # noqa: BLE001 (best effort: the next run removes .tmp files anyway)
+        pass
+
+
+def _retry_rows(shards_dir: str, items: list[ClipItem], done: set[int], sps: int
                 ) -> tuple[list[ClipItem], dict[int, dict[str, Any]]]:
-    """--retry-failed: the failed items of finished shards, and those shards' markers."""
-    from tsa.shards.reader import read_marker
+    """--retry-failed: the failed items of finished shards, and those shards' markers (read from
+    `shards_dir`, the output's shards/ folder or URL; a bucket's concurrently)."""
+    import json
+
+    from tsa.shards.layout import shard_name
+    from tsa.shards.storage import join, open_store
 
     by_index = {it.index: it for it in items}
     redo: list[ClipItem] = []
     keep: dict[int, dict[str, Any]] = {}
-    for s in sorted(done):
-        marker = read_marker(out, s)
+    order = sorted(done)
+    store = open_store(shards_dir)
+    try:
+        raws = store.read_many([join(shards_dir, f"{shard_name(s)}.json") for s in order])
+    finally:
+        store.close()
+    for s, raw in zip(order, raws):
+        marker = json.loads(raw)
         failed = [s * sps + i for i, r in enumerate(marker["rows"]) if r["status"] == "failed"]
         if failed:
             keep[s] = marker
@@ -559,6 +619,7 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
     from tsa.models.refs import model_records, vae_normalization
     from tsa.pipeline.plan import check_storage, cluster_totals, make_plan, readable_sample
     from tsa.pipeline.progress import ProgressProbe, start_counter
+    from tsa.pipeline.writers import add_route_stage, plan_line, slots_for, start_writers, writer_count
     from tsa.shards.remote_out import RemoteOutputError
 
     if remote is not None:
@@ -583,12 +644,15 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
         raise PreprocessError(f"--retry-failed: {shown} holds no tsa preprocess output yet")
     sps = cfg.preprocess.samples_per_shard
     n_shards = info["num_shards"]
-    done = set() if overwrite else {s for s in range(n_shards) if shard_marker(out, s).exists()}
+    shards_dir = remote.where(SHARDS_DIR) if remote is not None else str(out / SHARDS_DIR)
+    done = set() if overwrite else complete_shards(remote.listing if remote is not None else
+                                                   _listing(out / SHARDS_DIR), n_shards)
     todo = [it for it in items if shard_of(it.index, sps) not in done]
     keep: dict[int, dict[str, Any]] = {}
+    published: list[int] = []
     retried = 0
     if retry_failed:
-        redo, keep = _retry_rows(out, items, done, sps)
+        redo, keep = _retry_rows(shards_dir, items, done, sps)
         retried = len(redo)
         todo = sorted(todo + redo, key=lambda it: it.index)
     result = RunResult(out=shown, total=len(items), counts={}, processed=len(todo), shards_written=0,
@@ -603,7 +667,7 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
             result.removed_partial += _prepare_remote(remote, overwrite)
     else:
         started, result.ray_start_s = start_ray(ray_address)
-        counter = None
+        counter, writers = None, []
         try:
             _check_gpus(cfg, ray)
             plan = make_plan(cfg, *cluster_totals(ray), num_clips=len(todo))
@@ -625,7 +689,14 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
             before = _running_executors()
             counter = start_counter(ray)
             probe = ProgressProbe(ray, counter, on_progress)
-            ds = build_dataset(todo, cfg, plan.actors, progress=counter)
+            slots = slots_for([it.index for it in todo], sps, len(items))
+            writers = start_writers(ray, writer_count(plan.nodes, len(slots)), str(out.resolve()), slots, keep,
+                                    [it.index for it in todo], shards_dir if remote is not None else None,
+                                    remote.url if remote is not None else None,
+                                    remote.staging_parent if remote is not None else None)
+            if on_plan is not None:
+                on_plan([plan_line(len(writers))])
+            ds = add_route_stage(build_dataset(todo, cfg, plan.actors, progress=counter), cfg, writers)
             state = {"rows": 0}
             rows = iter_with_watchdog(
                 ds.iter_rows(), cfg.preprocess.stall_timeout_s,
@@ -638,28 +709,45 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
                     on_row(row)
 
             try:
-                result.shards_written, result.reasons = write_rows(
-                    out, rows, todo, cfg, counted, keep=keep, total=len(items),
-                    on_shard=remote.publish if remote is not None else None,
-                    tars=remote.where(SHARDS_DIR) if remote is not None else None)
+                published, result.reasons, result.shards_unchanged = collect_rows(rows, counted,
+                                                                                  result.shards_by_node)
+                result.shards_written = len(published)
+                pending: dict[int, int] = {}
+                for part in ray.get([w.close.remote() for w in writers]):
+                    pending.update(part)
+                if pending:
+                    raise PreprocessError(f"the pipeline ended with {sum(pending.values())} row(s) missing in "
+                                          f"shard(s) {sorted(pending)[:10]}")
             except ray.exceptions.RayError as e:  # e.g. an actor whose model cannot load: not one clip's fault
                 _stop_executors(before)
-                raise PreprocessError(f"the Ray pipeline failed (finished shards are kept; the same command "
+                _abort_writers(ray, writers)
+                died = any(n in f"{type(e).__name__} {e}" for n in ("ActorDiedError", "RayActorError",
+                                                                     "ActorUnavailableError"))
+                why = " (an actor died: a shard writer's or model stage's node may have left the cluster; " \
+                      "its unfinished shards are redone)" if died else ""
+                raise PreprocessError(f"the Ray pipeline failed{why} (finished shards are kept; the same command "
                                       f"resumes): {_first_error_line(e)}") from None
             except BaseException:  # stalled, interrupted: stop this run's Ray Data execution too
                 _stop_executors(before)
+                _abort_writers(ray, writers)
                 raise
             probe.final()
             result.process_s = time.perf_counter() - t0
         finally:
-            if counter is not None and not started:  # a caller's Ray outlives this run
-                ray.kill(counter)
+            if not started:  # a caller's Ray outlives this run: its actors go now
+                for actor in ([counter] if counter is not None else []) + writers:
+                    ray.kill(actor)
             if started:
                 ray.shutdown()
+    report: dict[str, Any] = {}
     result.counts = finalize(out, n_shards, tuple(cfg.geometry.teacher_grid),
-                             tars=None if remote is None else remote.where(SHARDS_DIR))
+                             tars=None if remote is None else shards_dir,
+                             root=None if remote is None else remote.url, report=report, published=published)
+    result.finalize_rebuilt = report.get("rebuilt", 0)
     if remote is not None:
-        for name in (SUBSET_FILE, MANIFEST, MASKS):  # whole files, after every shard
+        # whole files, after every shard; masks.h5 before the manifest, whose recorded state is
+        # what the next run compares (shards/finalize.py)
+        for name in (SUBSET_FILE, MASKS, MANIFEST):
             if (out / name).exists():
                 remote.put_file(name)
     return result

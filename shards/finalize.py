@@ -1,23 +1,35 @@
-"""Rebuild `manifest.parquet` and `masks.h5` from every shard marker.
+"""Rebuild `manifest.parquet` and `masks.h5` from every shard marker, touching only what changed.
 
-Run at the end of each preprocess run (and of a resumed one), so both files always cover
-all complete shards, whichever run wrote them. Motion maps and masks are read back from the
-tars by their recorded offsets; nothing is scanned.
+Run at the end of each preprocess run (and of a resumed one), so both files always cover all
+complete shards, whichever run wrote them. The manifest records the state of the shards it
+was built from in its parquet metadata (`tsa.finalize`: per shard the tar's and the marker's
+size, from one listing; sizes only, so a local output and its copy in a bucket get the same
+bytes), and masks.h5 the rows of each shard (`shard_rows`). A run whose listing shows the same
+state, and that published no shard itself, does nothing: no marker and no sample is read (one
+listing, the manifest's footer). When some shards changed (new ones, `--retry-failed`), the
+rows of unchanged shards are copied from the old files and only the changed shards' markers
+and maps are read (maps from the tars by their recorded offsets; nothing is scanned). masks.h5
+is replaced before the manifest, so the manifest's state always describes a masks.h5 at least
+as new. A shard republished with the same tar and marker sizes by a run killed before its
+finalize (a retried clip failing again with another error of the same length) keeps its old
+manifest rows until the shard changes again or the manifest is deleted.
 """
 from __future__ import annotations
 
+import json
 import os
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from tsa.shards.layout import MANIFEST, MANIFEST_COLUMNS, MASKS
-from tsa.shards.reader import SampleRef, decode_member, read_entry, read_marker
-from tsa.shards.storage import join, open_store
+from tsa.shards.layout import MANIFEST, MANIFEST_COLUMNS, MASKS, SHARDS_DIR, shard_name
+from tsa.shards.reader import SampleRef, decode_member, read_entry
+from tsa.shards.storage import Store, is_url, join, open_store
 
 MAPS = ["motion.npy", "mask.npy"]
+STATE_KEY = b"tsa.finalize"
 
 
 def _read_maps(store, tar: str, key: str, entry: dict[str, list[int]]) -> dict[str, Any]:
@@ -50,30 +62,69 @@ def _manifest_table(rows: list[dict[str, Any]]):
     return pa.table(columns)
 
 
-def write_manifest(out: Path, shards: list[int]) -> Any:
-    """manifest.parquet from the markers of `shards` (in order); returns the pyarrow Table."""
+def shard_state(store: Store, shards_dir: str, num_shards: int) -> tuple[dict[int, list[int]], list[int]]:
+    """{shard: [tar size, marker size]} of the complete shards from one listing, and the shards
+    of 0..num_shards-1 that are not complete."""
+    listing = store.list_sizes(shards_dir)
+    state, missing = {}, []
+    for s in range(num_shards):
+        tar, marker = listing.get(f"{shard_name(s)}.tar"), listing.get(f"{shard_name(s)}.json")
+        if tar is None or marker is None:
+            missing.append(s)
+        else:
+            state[s] = [tar, marker]
+    return state, missing
+
+
+def read_recorded(manifest: str, store: Store) -> Optional[dict[str, Any]]:
+    """The state a manifest.parquet was built from (its footer only), or None."""
     import pyarrow.parquet as pq
 
-    rows = [r for s in shards for r in read_marker(out, s)["rows"]]
-    table = _manifest_table(rows)
+    try:
+        if is_url(manifest):
+            with store.fs.open(store._key(manifest), "rb") as f:
+                meta = pq.read_schema(f).metadata or {}
+        else:
+            meta = pq.read_schema(manifest).metadata or {}
+        raw = meta.get(STATE_KEY)
+        return json.loads(raw) if raw else None
+    except Exception:  # noqa: BLE001 (absent, unreadable, or from an older tsa: rebuilt)
+        return None
+
+
+def _markers(store: Store, shards_dir: str, shards: list[int]) -> dict[int, dict[str, Any]]:
+    paths = [join(shards_dir, f"{shard_name(s)}.json") for s in shards]
+    return {s: json.loads(raw) for s, raw in zip(shards, store.read_many(paths))}
+
+
+def write_manifest(out: Path, tables: list[Any], state: dict[str, Any]) -> Any:
+    """manifest.parquet from `tables` (in shard order) with `state` in its metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    table = table.replace_schema_metadata({STATE_KEY: json.dumps(state, separators=(",", ":")).encode()})
     tmp = Path(out) / (MANIFEST + ".tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, Path(out) / MANIFEST)
     return table
 
 
-def write_masks(out: Path, shards: list[int], grid: tuple[int, int, int], tars: Optional[str] = None) -> int:
-    """masks.h5: `keys` [n], `motion` [n, F, H, W] float16, `mask` [n, F, H, W] bool; returns n.
-
-    Written shard by shard into resizable datasets, so memory stays at one shard's maps. The
-    tars are read under `tars` (default `out/shards`; a URL for an output in a bucket).
-    """
+def write_masks(out: Path, shards: list[int], grid: tuple[int, int, int], store: Store, shards_dir: str,
+                markers: dict[int, dict[str, Any]], old: Optional[Path], reuse: set[int]) -> int:
+    """masks.h5: `keys` [n], `motion` [n, F, H, W] float16, `mask` [n, F, H, W] bool, plus
+    `shard_rows` [shards, 3] (shard, first row, rows); returns n. Shards in `reuse` are copied
+    from the `old` masks.h5, the others read from their tars; memory stays at one shard's maps."""
     import h5py
 
     out = Path(out)
     tmp = out / (MASKS + ".tmp")
     n = 0
-    store = open_store(tars or out / "shards")
+    old_rows: dict[int, tuple[int, int]] = {}
+    src = h5py.File(old, "r") if old is not None and reuse else None
+    if src is not None:
+        old_rows = {int(s): (int(a), int(c)) for s, a, c in src["shard_rows"][()]}
+    rows_of = []
     with closing(store), h5py.File(tmp, "w") as h5:
         keys = h5.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
                                  chunks=(1024,))
@@ -82,35 +133,116 @@ def write_masks(out: Path, shards: list[int], grid: tuple[int, int, int], tars: 
         mask = h5.create_dataset("mask", shape=(0, *grid), maxshape=(None, *grid), dtype=bool,
                                  chunks=(64, *grid))
         h5.attrs["grid"] = list(grid)
-        for s in shards:
-            marker = read_marker(out, s)
-            tar = join(tars, marker["tar"]) if tars else out / "shards" / marker["tar"]
-            ok = [r["key"] for r in marker["rows"] if r["status"] == "ok"]
-            if not ok:
-                continue
-            maps = [_read_maps(store, str(tar), k, marker["index"][k]) for k in ok]
-            m = len(ok)
-            for d in (keys, motion, mask):
-                d.resize(n + m, axis=0)
-            keys[n:n + m] = ok
-            motion[n:n + m] = np.stack([x["motion.npy"] for x in maps]).astype(np.float16)
-            mask[n:n + m] = np.stack([x["mask.npy"] for x in maps]).astype(bool)
-            n += m
+        try:
+            for s in shards:
+                if s in reuse:
+                    a, m = old_rows[s]
+                    if m:
+                        got_keys = src["keys"][a:a + m]
+                        got_motion = src["motion"][a:a + m]
+                        got_mask = src["mask"][a:a + m]
+                else:
+                    marker = markers[s]
+                    tar = join(shards_dir, marker["tar"])
+                    ok = [r["key"] for r in marker["rows"] if r["status"] == "ok"]
+                    m = len(ok)
+                    if m:
+                        maps = [_read_maps(store, tar, k, marker["index"][k]) for k in ok]
+                        got_keys = ok
+                        got_motion = np.stack([x["motion.npy"] for x in maps]).astype(np.float16)
+                        got_mask = np.stack([x["mask.npy"] for x in maps]).astype(bool)
+                rows_of.append((s, n, m))
+                if not m:
+                    continue
+                for d in (keys, motion, mask):
+                    d.resize(n + m, axis=0)
+                keys[n:n + m] = got_keys
+                motion[n:n + m] = got_motion
+                mask[n:n + m] = got_mask
+                n += m
+        finally:
+            if src is not None:
+                src.close()
+        h5.create_dataset("shard_rows", data=np.asarray(rows_of, dtype=np.int64).reshape(-1, 3))
     os.replace(tmp, out / MASKS)
     return n
 
 
-def finalize(out: Path, num_shards: int, grid: tuple[int, int, int], tars: Optional[str] = None) -> dict[str, int]:
-    """Write manifest and masks from shards 0..num_shards-1 (all must be complete). `tars`: where
-    the shard tars are when not in `out/shards` (see write_masks)."""
-    from tsa.shards.layout import shard_marker
+def finalize(out: Path, num_shards: int, grid: tuple[int, int, int], tars: Optional[str] = None,
+             root: Optional[str] = None, report: Optional[dict[str, Any]] = None,
+             published: Iterable[int] = ()) -> dict[str, int]:
+    """Bring manifest.parquet and masks.h5 in `out` up to date with shards 0..num_shards-1 (all
+    must be complete); returns the ok/failed/skipped/masks counts. `tars`: where the shards are
+    when not in `out/shards` (a bucket's shards/ URL); `root`: that output's URL, whose
+    manifest.parquet and masks.h5 are the old ones (fetched into `out` only when something
+    changed, then the caller uploads the new ones). `published`: shards this run (re)published,
+    read again whatever their sizes. `report["rebuilt"]` gets how many shards' markers and maps
+    were read (0 when nothing changed)."""
+    import h5py
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
-    missing = [s for s in range(num_shards) if not shard_marker(out, s).exists()]
+    out = Path(out)
+    shards_dir = tars or str(out / SHARDS_DIR)
+    store = open_store(shards_dir)
+    state, missing = shard_state(store, shards_dir, num_shards)
     if missing:
         raise RuntimeError(f"{out}: cannot finalize, shards not complete: {missing[:10]}")
-    shards = list(range(num_shards))
-    table = write_manifest(out, shards)
-    n = write_masks(out, shards, grid, tars)
+    here = {str(s): v for s, v in state.items()}
+    meta_store = open_store(root) if root else store
+    recorded = read_recorded(join(root, MANIFEST) if root else str(out / MANIFEST), meta_store)
+    masks_there = (MASKS in meta_store.list_sizes(root)) if root else (out / MASKS).is_file()
+    if report is not None:
+        report["rebuilt"] = 0
+    published = set(published)
+    if recorded is not None and recorded.get("shards") == here and masks_there and not published:
+        return dict(recorded["counts"])
+
+    old_state = (recorded or {}).get("shards") or {}
+    reuse = {s for s in state if old_state.get(str(s)) == state[s] and s not in published} if masks_there else set()
+    old_table, old_masks = None, None
+    if reuse:
+        if root:  # a bucket output's old files, fetched into the staging folder
+            for name in (MANIFEST, MASKS):
+                meta_store.fs.get_file(meta_store._key(join(root, name)), str(out / (name + ".old")))
+            old_table, old_masks = pq.read_table(out / (MANIFEST + ".old")), out / (MASKS + ".old")
+        else:
+            old_table, old_masks = pq.read_table(out / MANIFEST), out / MASKS
+        try:
+            with h5py.File(old_masks, "r") as h5:
+                covered = {int(s) for s in h5["shard_rows"][()][:, 0]} if "shard_rows" in h5 else set()
+        except OSError:
+            covered = set()
+        reuse &= covered
+    markers = _markers(store, shards_dir, [s for s in range(num_shards) if s not in reuse])
+    table = None
+    if reuse:
+        kept = old_table.filter(pc.is_in(old_table["shard"], value_set=pa.array(sorted(reuse), pa.int64())))
+        kept = kept.replace_schema_metadata(None)
+        new_rows = [r for s in sorted(markers) for r in markers[s]["rows"]]
+        table = kept
+        if new_rows:
+            new = _manifest_table(new_rows)
+            table = None
+            if not set(new.column_names) - set(kept.column_names):  # else new CSV columns: all from markers
+                try:
+                    merged = pa.concat_tables([kept, new], promote_options="permissive").select(kept.column_names)
+                    table = merged.take(pc.sort_indices(merged, sort_keys=[("shard", "ascending")]))  # stable
+                except (pa.ArrowInvalid, pa.ArrowTypeError):
+                    table = None
+        if table is None:  # rebuilt from every marker
+            reuse = set()
+            markers.update(_markers(store, shards_dir, [s for s in range(num_shards) if s not in markers]))
+    if table is None:
+        table = _manifest_table([r for s in range(num_shards) for r in markers[s]["rows"]])
     status = table["status"].to_pylist()
-    return {"ok": status.count("ok"), "failed": status.count("failed"), "skipped": status.count("skipped"),
-            "masks": n}
+    counts = {"ok": status.count("ok"), "failed": status.count("failed"), "skipped": status.count("skipped")}
+    counts["masks"] = write_masks(out, list(range(num_shards)), grid, open_store(shards_dir), shards_dir, markers,
+                                  old_masks if reuse else None, reuse)
+    write_manifest(out, [table], {"version": 1, "shards": here, "counts": counts})
+    for name in (MANIFEST, MASKS):
+        (out / (name + ".old")).unlink(missing_ok=True)
+    if report is not None:
+        report["rebuilt"] = num_shards - len(reuse)
+    return counts

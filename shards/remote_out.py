@@ -12,10 +12,11 @@ leaves a tar without a marker, which the next run redoes in full (as on local di
 `dataset.json` goes up before any shard; `subset.txt`, `manifest.parquet` and `masks.h5` are
 uploaded whole after the last shard.
 
-The staging folder (`DIR/tsa-staging-<hash of the URL>` for `--staging DIR`, default DIR: $TMPDIR) is a
-cache of the bucket: it is emptied at the start of each run, then holds the bucket's markers
-(small) and the shards being assembled (and their spill files); each tar is deleted once
-uploaded, and the folder is removed when the run ends. `--retry-failed` copies the kept rows of
+The staging folder (`DIR/tsa-staging-<hash of the URL>` for `--staging DIR`, default DIR: $TMPDIR) is
+emptied at the start of each run and holds dataset.json, then manifest.parquet and masks.h5
+before their upload; the shards are assembled by the writer actors (pipeline/writers.py), each
+in `writer-<n>/` under the same folder name on its own node, with their spill files; each tar is
+deleted once uploaded, and the folders are removed when the run ends. `--retry-failed` copies the kept rows of
 a rebuilt shard from its tar in the bucket with ranged GETs (no tar is downloaded whole).
 """
 from __future__ import annotations
@@ -47,6 +48,7 @@ class RemoteOutput:
 
     def __init__(self, url: str, staging: Optional[str | Path] = None):
         self.url = resolve(url)
+        self.staging_parent = str(staging) if staging is not None else None  # --staging, for the writers
         self.staging = staging_folder(self.url, staging)
         try:
             self.store = RemoteStore(self.url)
@@ -82,17 +84,15 @@ class RemoteOutput:
             raise self._fail(self.where(SHARDS_DIR), e) from None
 
     def pull(self) -> None:
-        """Empty the staging folder, then fetch `dataset.json` (if any) and every shard marker
-        into it, so that the local resume logic sees the bucket's state."""
+        """Empty the staging folder, then fetch `dataset.json` (if any) into it. The shards' state
+        is the listing taken by `check` (no marker is read: a resume needs only which shards are
+        complete; `--retry-failed` and finalize read the markers they need from the bucket)."""
         if self.staging.exists():
             shutil.rmtree(self.staging)
         (self.staging / SHARDS_DIR).mkdir(parents=True)
         try:
             if self.store.fs.exists(self._key(self.where(DATASET_JSON))):
                 (self.staging / DATASET_JSON).write_bytes(self.store.read_bytes(self.where(DATASET_JSON)))
-            markers = sorted(n for n in self.listing if n.startswith("shard-") and n.endswith(".json"))
-            for name, data in zip(markers, self.store.read_many([self.where(SHARDS_DIR, n) for n in markers])):
-                (self.staging / SHARDS_DIR / name).write_bytes(data)
         except StorageError as e:
             raise self._fail(self.url, e) from None
 

@@ -150,17 +150,31 @@ class _Slot:
 
 class _OpenShard:
     def __init__(self, out: Path, shard: int, indices: list[int]):
+        self.out = out
         self.shard = shard
         self.indices = indices  # every input position of the shard, ascending
         self.next = 0  # position in `indices` of the next row to write
         self.waiting: dict[int, _Slot] = {}  # index -> a row that arrived (or was kept) early
-        self.writer = ShardWriter(out, shard)
-        self.spill_path = self.writer.tar_path.with_name(f"{shard_name(shard)}.spill{TMP_SUFFIX}")
+        self._writer: Optional[ShardWriter] = None  # opened at the first row written (kept shards wait)
+        self.spill_path = shard_tar(out, shard).with_name(f"{shard_name(shard)}.spill{TMP_SUFFIX}")
         self.spill = None
         self.spill_size = 0
+        self.kept_rows: Optional[list[dict[str, Any]]] = None  # the marker's rows of a kept shard
+
+    @property
+    def writer(self) -> ShardWriter:
+        if self._writer is None:
+            self._writer = ShardWriter(self.out, self.shard)
+        return self._writer
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+        self.drop_spill()
 
     def spill_members(self, members: dict[str, bytes]) -> list[tuple[str, int, int]]:
         if self.spill is None:
+            self.spill_path.parent.mkdir(parents=True, exist_ok=True)
             self.spill = open(self.spill_path, "w+b")
         placed = []
         for name, data in members.items():
@@ -184,7 +198,8 @@ class ShardAssembler:
     by `keep(shard, marker)`: the rows of a complete shard that are not redone are copied (bytes
     as stored) from its current tar. A shard is published when its last position is filled;
     `add` then returns its marker. `tars`: where the current tars of kept shards are, when not
-    in `out/shards` (the URL of a bucket output's shards/, read by ranges).
+    in `out/shards` (the URL of a bucket output's shards/, read by ranges). A kept shard whose
+    rows come out equal to its marker's is not published again (`unchanged`).
     """
 
     def __init__(self, out: Path, slots: dict[int, list[int]], tars: Optional[str] = None):
@@ -195,6 +210,7 @@ class ShardAssembler:
         self.shard_of: dict[int, int] = {i: s for s, ix in self.slots.items() for i in ix}
         self.open: dict[int, _OpenShard] = {}
         self.published: list[int] = []
+        self.unchanged: list[int] = []  # kept shards whose redone rows came out as before: not republished
 
     def _shard(self, shard: int) -> _OpenShard:
         sh = self.open.get(shard)
@@ -209,6 +225,7 @@ class ShardAssembler:
         if len(marker["rows"]) != len(sh.indices):
             raise ValueError(f"{shard_name(shard)}: marker has {len(marker['rows'])} rows, the input list "
                              f"assigns {len(sh.indices)} clips to it")
+        sh.kept_rows = marker["rows"]
         tar = f"{self.tars}/{marker['tar']}" if self.tars else self.out / SHARDS_DIR / marker["tar"]
         for index, row in zip(sh.indices, marker["rows"]):
             if index in redo:
@@ -228,15 +245,26 @@ class ShardAssembler:
         sh = self._shard(shard)
         if index in sh.waiting or sh.indices.index(index) < sh.next:
             raise ValueError(f"ShardAssembler.add: input position {index} arrived twice")
-        if sh.indices[sh.next] == index:
+        if sh.indices[sh.next] == index and sh.kept_rows is None:
             sh.writer.add(row, members)
             sh.next += 1
-        else:
+        else:  # early, or a row of a kept shard (held until the shard is known to change)
             placed = sh.spill_members(members) if members else []
             sh.waiting[index] = _Slot(row, sh.spill_path if members else None, placed)
         return self._drain(sh)
 
     def _drain(self, sh: _OpenShard) -> Optional[dict[str, Any]]:
+        if sh.kept_rows is not None:  # a kept shard: nothing is written before every row is in
+            if len(sh.waiting) < len(sh.indices):
+                return None
+            if [dict(sh.waiting[i].row, shard=sh.shard) for i in sh.indices] == sh.kept_rows:
+                # --retry-failed, and every retried clip failed again the same way: the shard as it
+                # is (same rows, hence the same bytes) stays; nothing is read, written or uploaded.
+                sh.abort()
+                del self.open[sh.shard]
+                self.unchanged.append(sh.shard)
+                return None
+            sh.kept_rows = None
         while sh.next < len(sh.indices) and sh.indices[sh.next] in sh.waiting:
             slot = sh.waiting.pop(sh.indices[sh.next])
             members = None
@@ -274,6 +302,5 @@ class ShardAssembler:
     def abort(self) -> None:
         """Drop every unfinished shard's temporary files (a run that stops on an error)."""
         for sh in self.open.values():
-            sh.writer.abort()
-            sh.drop_spill()
+            sh.abort()
         self.open.clear()

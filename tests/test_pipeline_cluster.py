@@ -55,3 +55,28 @@ def test_storage_check_runs_on_every_node_of_one_address(two_nodes, tmp_path):
         assert all(line.startswith(label) and f"id {node['NodeID'][:8]})" in line for line in lines), lines
         assert lines[0].endswith(f"cannot see --src {src}") and f"cannot read {clip}" in lines[1]
     hooks.write_text("{}")
+
+
+def test_shards_are_written_on_both_nodes_to_the_bytes_of_one_writer(two_nodes, tmp_path, monkeypatch):
+    """Writer actors spread over the nodes assemble and publish the shards (the driver sees only
+    small rows); the shards, markers and manifest equal those of a single writer."""
+    import tsa.pipeline.writers as writers
+    from tsa.configs import load_config
+    from tsa.pipeline.run import run_preprocess
+    from tsa.shards.reader import iter_shard_paths, open_output
+    from tsa.testing.sample_clips import make_sample_clips
+
+    ray, hooks = two_nodes
+    hooks.write_text("{}")
+    clips = make_sample_clips(tmp_path / "clips", n=4, seed=5, broken=False)
+    cfg = load_config("tiny", ["preprocess.samples_per_shard=1", "preprocess.text.batch_size=1",
+                               "preprocess.teacher.batch_size=1"])
+    spread = run_preprocess(clips, tmp_path / "spread", cfg)
+    assert spread.shards_written == 4 and len(spread.shards_by_node) == 2, spread.shards_by_node
+    monkeypatch.setattr(writers, "writer_count", lambda nodes, shards: 1)
+    one = run_preprocess(clips, tmp_path / "one", cfg)
+    assert len(one.shards_by_node) == 1
+    for p, q in zip(iter_shard_paths(tmp_path / "one"), iter_shard_paths(tmp_path / "spread"), strict=True):
+        assert p.read_bytes() == q.read_bytes(), p.name
+        assert p.with_suffix(".json").read_bytes() == q.with_suffix(".json").read_bytes()
+    assert open_output(tmp_path / "one").manifest.equals(open_output(tmp_path / "spread").manifest)

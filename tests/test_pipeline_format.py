@@ -147,3 +147,56 @@ def test_unclosed_shard_is_never_visible(tmp_path):
     marker = w2.close()
     assert marker["num_samples"] == 0 and marker["num_failed"] == 1
     assert [p.name for p in iter_shard_paths(tmp_path)] == ["shard-000001.tar"]
+
+
+def test_finalize_reads_nothing_when_no_shard_changed_and_only_the_changed_shards_otherwise(tmp_path,
+                                                                                             monkeypatch):
+    import shutil
+
+    import tsa.shards.finalize as fin
+    from tsa.configs import load_config
+    from tsa.shards.reader import read_marker
+
+    cfg = load_config("tiny")
+    out = make_synthetic_dataset(tmp_path / "out", cfg, n=9, seed=3, n_failed=2)  # finalized once
+    grid = tuple(cfg.geometry.teacher_grid)
+    manifest = (out / "manifest.parquet").read_bytes()
+    real_markers, real_read = fin._markers, fin._read_maps
+    monkeypatch.setattr(fin, "_markers", lambda *a: pytest.fail("a marker was read"))
+    monkeypatch.setattr(fin, "_read_maps", lambda *a: pytest.fail("a sample was read"))
+    report = {}
+    counts = fin.finalize(out, 3, grid, report=report)
+    assert report == {"rebuilt": 0} and counts == {"ok": 9, "failed": 2, "skipped": 0, "masks": 9}
+    assert (out / "manifest.parquet").read_bytes() == manifest  # not even rewritten
+
+    # Shard 1 rewritten (its first ok clip now failed): only shard 1 is read again.
+    marker = read_marker(out, 1)
+    w = ShardWriter(out, 1)
+    tar = out / "shards" / marker["tar"]
+    from tsa.shards.reader import read_members
+
+    for i, row in enumerate(marker["rows"]):
+        if row["status"] == "ok" and i > 0:
+            w.add({k: v for k, v in row.items() if k != "shard"}, read_members(tar, marker["index"][row["key"]],
+                                                                              decode=False))
+        else:
+            w.add({**{k: v for k, v in row.items() if k != "shard"}, "status": "failed", "error": "gone"})
+    w.close()
+    seen = []
+    monkeypatch.setattr(fin, "_markers", lambda store, d, shards: seen.append(list(shards)) or
+                        real_markers(store, d, shards))
+    monkeypatch.setattr(fin, "_read_maps", real_read)
+    counts = fin.finalize(out, 3, grid, report=report)
+    assert seen == [[1]] and report == {"rebuilt": 1} and counts["failed"] == 3
+
+    full = tmp_path / "full"  # the same shards finalized from scratch
+    shutil.copytree(out, full)
+    (full / "manifest.parquet").unlink()
+    (full / "masks.h5").unlink()
+    monkeypatch.setattr(fin, "_markers", real_markers)
+    fin.finalize(full, 3, grid)
+    assert pq.read_table(out / "manifest.parquet").equals(pq.read_table(full / "manifest.parquet"))
+    assert (out / "manifest.parquet").read_bytes() == (full / "manifest.parquet").read_bytes()
+    with h5py.File(out / "masks.h5") as a, h5py.File(full / "masks.h5") as b:
+        for name in ("keys", "motion", "mask", "shard_rows"):
+            np.testing.assert_array_equal(a[name][()], b[name][()])

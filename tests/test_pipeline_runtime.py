@@ -312,7 +312,8 @@ def test_a_kill_while_a_retried_shard_is_published_leaves_it_to_be_redone(tmp_pa
     monkeypatch.setattr(os, "replace", real_replace)
     assert not shard_marker(out, 0).exists()
     removed = {p.name for p in remove_partial_shards(out)}  # what the next run does first
-    assert removed == {"shard-000000.tar.tmp", "shard-000000.tar"}
+    # (a kept shard's redone rows wait in its spill file until every row is in)
+    assert removed == {"shard-000000.tar.tmp", "shard-000000.spill.tmp", "shard-000000.tar"}
     assert list((out / "shards").iterdir()) == []  # shard 0 is not done: redone in full
 
 
@@ -350,3 +351,29 @@ def test_the_progress_tick_runs_while_rows_flow_and_while_waiting():
     assert len(ticks) >= 5
     assert position({"decode": 4, "vae": 2}, 0, 4) == 6 / 5
     assert position({"decode": 9, "vae": 9, "teacher": 9, "text": 9}, 9, 4) == 4  # capped at the clips to do
+
+
+def test_a_retried_shard_whose_rows_come_out_as_before_is_not_rewritten(tmp_path, monkeypatch):
+    """--retry-failed republishes only shards whose rows changed: when every retried clip fails
+    again the same way, nothing is read from the old tar, written or published."""
+    import tsa.shards.writer as writer
+    from tsa.shards.reader import read_marker
+
+    out = tmp_path / "out"
+    _in_order(out, 4, 4, failed={1, 3})
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "shards").iterdir()}
+    monkeypatch.setattr(writer, "_read_at", lambda *a: pytest.fail("a kept row was read"))
+    asm = ShardAssembler(out, {0: [0, 1, 2, 3]})
+    asm.keep(0, read_marker(out, 0), redo={1, 3})
+    assert asm.add(3, _row(3, ok=False)) is None
+    assert asm.add(1, _row(1, ok=False)) is None
+    assert asm.unchanged == [0] and asm.published == [] and asm.pending() == {}
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "shards").iterdir()} == before
+
+    asm = ShardAssembler(out, {0: [0, 1, 2, 3]})  # one redone row differs: the shard is rebuilt
+    asm.keep(0, read_marker(out, 0), redo={1, 3})
+    monkeypatch.undo()
+    assert asm.add(3, _row(3, ok=False)) is None
+    assert asm.add(1, _row(1), _members(1)) is not None and asm.unchanged == []
+    _in_order(tmp_path / "ref", 4, 4, failed={3})
+    assert shard_tar(out, 0).read_bytes() == shard_tar(tmp_path / "ref", 0).read_bytes()

@@ -70,6 +70,19 @@ def test_faults_fail_their_clips_then_retry_failed_repairs_in_place(ray_local, h
     hooks.write_text("{}")  # the inputs are "fixed"
     again = run_preprocess(clips, out, cfg)  # a plain rerun leaves finished shards alone
     assert again.processed == 0 and again.too_many_failed
+    assert again.finalize_rebuilt == 0  # nothing changed: no marker or sample read to finalize
+
+    # --retry-failed while the faults are still there: shard 0's rows come out as before, so it is
+    # not published again (same tar, same marker, nothing uploaded), and finalize reads nothing.
+    marker0 = out / "shards" / "shard-000000.json"
+    before = (marker0.stat().st_mtime_ns, marker0.read_bytes())
+    hooks.write_text(json.dumps({"hang_decode": "landscape.mp4", "raise_stage": "vae:portrait"}))
+    same = run_preprocess(clips, out, cfg, retry_failed=True)
+    assert same.retried == 2 and same.shards_written == 0 and same.shards_unchanged == 1
+    assert (marker0.stat().st_mtime_ns, marker0.read_bytes()) == before
+    assert same.finalize_rebuilt == 0
+
+    hooks.write_text("{}")
     fixed = run_preprocess(clips, out, cfg, retry_failed=True)
     assert fixed.retried == 2 and fixed.processed == 2 and fixed.counts == {"ok": 3, "failed": 0, "skipped": 0,
                                                                             "masks": 3}

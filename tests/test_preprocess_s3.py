@@ -103,8 +103,11 @@ def test_retry_failed_on_s3(server, s3_ref, local_ref, clips, cfg, tmp_path):
     url = f"s3://{BUCKET}/retry"
     server.upload(local_ref, url)
     result = run_preprocess(clips, url, cfg, retry_failed=True)
-    assert result.retried > 0 and result.shards_written > 0
-    assert_same(server, url, local_ref)  # the broken clips fail again: the same bytes
+    # The broken clips fail again the same way: their shards' rows are unchanged, so nothing is
+    # uploaded again (pipeline/writers.py), finalize reads nothing, and every object stays.
+    assert result.retried > 0 and result.shards_written == 0 and result.shards_unchanged > 0
+    assert result.finalize_rebuilt == 0
+    assert_same(server, url, local_ref)
     # A tar without its marker (a kill between the two puts) is deleted and its shard redone.
     server.s3.delete_object(Bucket=BUCKET, Key="retry/shards/shard-000001.json")
     result = run_preprocess(clips, url, cfg)
