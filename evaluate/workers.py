@@ -66,41 +66,17 @@ def run_jobs(jobs: Sequence[Job], factory: Callable[[], Any], workers: int, even
 def connect_ray(address: Optional[str]) -> bool:
     """Join the cluster at `address` (`auto`, host:port, ray://...), else RAY_ADDRESS (set by
     `ray job submit`), else start a local Ray; never a stray `ray start` cluster on this machine.
-    Returns whether Ray was started here."""
-    import ray
-
-    if ray.is_initialized():
-        return False
+    A cluster that cannot be reached or refuses us is one line within seconds
+    (configs/ray_connect.py, as for preprocess and train). Returns whether Ray was started here."""
+    from tsa.configs.ray_connect import RayConnectError, connect
     from tsa.models.cache import cache_root
 
-    why = _unreachable(address) if address not in (None, "auto", "local") else None
-    if why:  # ray.init would retry for minutes
-        raise WorkerError(f"--ray-address {address}: cannot reach the Ray cluster ({why})")
     try:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 log_to_driver=False, configure_logging=False,
-                 # Local workers see the same $TSA_CACHE (tiny models, hub downloads) as this process.
-                 runtime_env={"env_vars": {"TSA_CACHE": str(cache_root())}} if address is None else None)
-    except Exception as e:  # ConnectionError, a wrong address, a refused token: one line each
-        ray.shutdown()
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise WorkerError(f"--ray-address {address or '(local)'}: cannot connect to Ray: "
-                          f"{type(e).__name__}: {first[:300]}") from None
-    return True
-
-
-def _unreachable(address: str, timeout: float = 10.0) -> Optional[str]:
-    """For HOST:PORT, None when a TCP connection opens within `timeout`, else why not."""
-    import socket
-
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
-        return None
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as e:
-        return f"{type(e).__name__}: {e.strerror or e}"
-    return None
+        # Local workers see the same $TSA_CACHE (tiny models, hub downloads) as this process.
+        return connect(address, log_to_driver=False,
+                       runtime_env={"env_vars": {"TSA_CACHE": str(cache_root())}} if address is None else None)
+    except RayConnectError as e:
+        raise WorkerError(str(e)) from None
 
 
 def actor_resources(workers: int, resources: dict) -> tuple[dict, str]:
