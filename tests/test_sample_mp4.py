@@ -45,6 +45,33 @@ def test_same_frames_same_bytes(tmp_path):
     assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
 
 
+_WRITE_ON_CPUS = """
+import os, sys
+import numpy as np
+os.sched_setaffinity(0, {int(c) for c in sys.argv[1].split(",")})  # x264 counts the CPUs it may use
+from tsa.media.mp4 import write_mp4
+rng = np.random.default_rng(0)
+clip = np.cumsum(rng.integers(0, 256, (24, 240, 320, 3), dtype=np.uint8), axis=0, dtype=np.uint8)
+write_mp4(clip, sys.argv[2], fps=8)
+"""
+
+
+def test_same_frames_same_bytes_on_one_core_and_on_all(tmp_path):
+    """x264 sizes its threads from the CPUs it sees, and the thread count changes the bytes: the
+    writer fixes it, so a 2-core laptop and a GPU node write the same file."""
+    import os
+    import subprocess
+    import sys
+
+    if default_codec() != "libx264":
+        pytest.skip("this PyAV build has no libx264")
+    cpus = sorted(os.sched_getaffinity(0))
+    for name, allowed in (("one.mp4", cpus[:1]), ("all.mp4", cpus)):
+        subprocess.run([sys.executable, "-c", _WRITE_ON_CPUS, ",".join(map(str, allowed)), str(tmp_path / name)],
+                       check=True)
+    assert (tmp_path / "one.mp4").read_bytes() == (tmp_path / "all.mp4").read_bytes()
+
+
 def test_rejects_what_yuv420p_cannot_hold(tmp_path):
     with pytest.raises(ValueError, match="even sizes"):
         write_mp4(np.zeros((3, 63, 96, 3), np.uint8), tmp_path / "odd.mp4", fps=8)
