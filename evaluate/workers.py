@@ -67,8 +67,8 @@ def connect_ray(address: Optional[str]) -> bool:
     """Join the cluster at `address` (`auto`, host:port, ray://...), else RAY_ADDRESS (set by
     `ray job submit`), else start a local Ray; never a stray `ray start` cluster on this machine.
     A cluster that cannot be reached or refuses us is one line within seconds
-    (configs/ray_connect.py, as for preprocess and train). Returns whether Ray was started here."""
-    from tsa.configs.ray_connect import RayConnectError, connect
+    (cluster/connect.py, as for preprocess and train). Returns whether Ray was started here."""
+    from tsa.cluster.connect import RayConnectError, connect
     from tsa.models.cache import cache_root
 
     try:

@@ -11,13 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # room -> floor; a room may import only rooms on lower floors (and itself).
 FLOORS = {
     "configs": 0, "core": 0,
-    "shards": 1, "models": 1, "media": 1,
+    "shards": 1, "models": 1, "media": 1, "cluster": 1,
     "pipeline": 2, "train": 2, "view": 2, "evaluate": 2, "testing": 2,
     "cli": 3, "__main__": 4,
 }
 FOLDER = {"core": "tsa_core"}  # rooms whose folder is not their name
-OLD_NAMES = {"tsa_core", "configs", "models", "media", "shards", "pipeline", "train", "view", "evaluate",
-             "testing", "cli"}
+OLD_NAMES = {"tsa_core", "configs", "models", "media", "shards", "cluster", "pipeline", "train", "view",
+             "evaluate", "testing", "cli"}
 
 
 def _imports(path: Path) -> set[str]:

@@ -181,7 +181,7 @@ def train_command(
     override: list[str] = typer.Option([], "-o", "--override", help="Config override key=value (repeatable)."),
 ) -> None:
     """Fine-tune CogVideoX with diffusion + alignment loss from preprocessed shards."""
-    from tsa.configs.ray_connect import RayConnectError
+    from tsa.cluster.connect import RayConnectError
     from tsa.train.checkpoint import CheckpointMismatch
     from tsa.train.dataset_check import DatasetMismatch, probe_dataset
     from tsa.train.launch import TrainError, connect_ray, launch

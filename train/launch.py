@@ -66,7 +66,7 @@ def connect_ray(ray_address: Optional[str]) -> bool:
     """Connect to the cluster at `ray_address` (or RAY_ADDRESS, or start a local Ray); True when
     started here. Wrong address or a refused token: RayConnectError (one line) within seconds.
     Ray's own console output (controller and worker logs) stays in its session log files."""
-    from tsa.configs.ray_connect import connect
+    from tsa.cluster.connect import connect
     from tsa.models.cache import cache_root
 
     env = {"TSA_CACHE": str(cache_root())} if ray_address is None and not os.environ.get("RAY_ADDRESS") else None

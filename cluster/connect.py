@@ -2,9 +2,8 @@
 refuses us (token authentication), is one line within seconds, before anything is written,
 where `ray.init` would retry for minutes or end in a traceback.
 
-It lives in `configs/`, the lowest floor, because both Ray commands (`tsa preprocess` in
-pipeline/, `tsa train` in train/) use it and it needs nothing of tsa; it imports Ray only when
-called.
+`tsa preprocess`, `tsa train` and `tsa sample --workers` all connect through it; it imports
+Ray only when called.
 """
 from __future__ import annotations
 
