@@ -25,6 +25,35 @@ def _tsa_cache(tmp_path_factory):
         os.environ["TSA_CACHE"] = old
 
 
+# xdist (pyproject's addopts: `-n 2 --dist loadscope`) sends a module's tests to one worker, so
+# its module-scoped Ray and preprocess outputs are built once. These long tests are split: each
+# parameter of the first two is a scope of its own, and test_families.py's tests go by family
+# (each family has its own preprocess output), so the two workers share them.
+OWN_SCOPE = ("tests/test_train_cluster.py::test_two_workers_from_relative_paths_resume_exactly_on_two_then_one_worker",
+             "tests/test_train_ddp.py::test_two_ray_workers_match_one_worker")
+BY_FIRST_PARAMETER = ("tests/test_families.py",)
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The xdist scope of a test id (tests of one scope run on one worker, in order)."""
+    module, _, rest = nodeid.partition("::")
+    if nodeid.split("[")[0] in OWN_SCOPE:
+        return nodeid
+    if module in BY_FIRST_PARAMETER and "[" in rest:
+        return f"{module}::{rest.split('[', 1)[1].split('-')[0]}"
+    return module
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return xdist_scope(nodeid)
+
+    return Scheduling(config, log)
+
+
 @pytest.fixture
 def tiny_cfg():
     """A fresh copy of configs/tiny.yaml (tests may mutate it)."""
