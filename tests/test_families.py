@@ -239,7 +239,7 @@ def test_preprocess_writes_the_family_geometry_and_view_draws_it(family):
 def test_train_then_sample(family, lora, tmp_path):
     run = tmp_path / "run"
     # LoRA adapters, or the full transformer with validation videos at step 2.
-    extra = ["-o", "train.lora.rank=4"] if lora else ["-o", "train.validate_every=2"]
+    extra = ["-o", "train.lora.rank=4"] if lora else ["-o", "train.validate_every=2", "-o", "train.validation_steps=2"]
     code, output = _cli("train", "--shards", family.shards, "--out", run, "--config", family.name,
                         "--max-steps", 2, *extra)
     assert code == 0, output
