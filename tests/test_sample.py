@@ -81,6 +81,7 @@ def first_out(tiny_run, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_writes_playable_mp4s_at_the_run_geometry(tiny_run, first_out):
     g = load_config("tiny").geometry
     names = sorted(p.name for p in first_out.iterdir())
@@ -108,6 +109,7 @@ def test_writes_playable_mp4s_at_the_run_geometry(tiny_run, first_out):
         ((first_out / "00001_s42_v0.mp4").resolve(), CAPTIONS[1][0])]
 
 
+@pytest.mark.slow
 def test_resume_skips_done_prompts(tiny_run, first_out, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(first_out, out)
@@ -143,6 +145,7 @@ def test_resume_skips_done_prompts(tiny_run, first_out, tmp_path):
     assert not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_settings_or_changed_prompts(tiny_run, first_out, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(first_out, out)
@@ -158,6 +161,7 @@ def test_resume_refuses_other_settings_or_changed_prompts(tiny_run, first_out, t
     assert "prompt 1 was" in res.output and "prompt file changed" in res.output
 
 
+@pytest.mark.slow
 def test_fine_tuned_transformer_is_the_one_sampled(tiny_run, first_out, tmp_path):
     def one_video(checkpoint: Path, out: Path) -> np.ndarray:
         sample(SampleOptions(checkpoint=checkpoint, prompts=tiny_run.prompts, out=out, base=str(tiny_run.base),
@@ -181,6 +185,7 @@ def _copy_transformer_config(tiny_run, dst: Path, **changes) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_stop_with_clear_errors(tiny_run, tmp_path):
     def err(ckpt, *extra) -> str:
         res = _cli("--checkpoint", ckpt, "--prompts", tiny_run.prompts, "--out", tmp_path / "out", *extra)
@@ -214,6 +219,7 @@ def test_bad_checkpoints_stop_with_clear_errors(tiny_run, tmp_path):
     assert "--base: folder not found" in err(lone, "--base", tmp_path / "no-such-base")
 
 
+@pytest.mark.slow
 def test_bad_options_stop_before_loading_models(tiny_run, tmp_path):
     def err(*extra) -> str:
         res = _cli("--checkpoint", tiny_run.ckpt, "--prompts", tiny_run.prompts, "--out", tmp_path / "o", *extra)
@@ -235,6 +241,7 @@ def test_default_geometry_is_the_paper_s_unless_the_run_is_tiny():
     assert default_geometry(tiny) == (tiny.geometry.num_frames, tiny.geometry.height, tiny.geometry.width)
 
 
+@pytest.mark.slow
 def test_architecture_check_takes_a_pipeline_or_a_transformer_folder_as_base(tiny_run, tmp_path):
     from tsa.evaluate.sample import SampleError, check_architecture
     from tsa.models.cogvideox import FAMILY as COGVIDEOX

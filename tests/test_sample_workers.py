@@ -81,6 +81,7 @@ def one_worker(tiny_run, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_fake_gpus_make_the_same_files_and_bytes(tiny_run, one_worker, fake_gpus, tmp_path):
     out = tmp_path / "two"
     res = _cli(*_sample_args(tiny_run, out, "--workers", 2))
@@ -111,6 +112,7 @@ class DyingRenderer:
         return f"video {job.file}".encode()
 
 
+@pytest.mark.slow
 def test_a_dead_worker_loses_only_its_video(fake_gpus, tmp_path):
     import functools
 
@@ -130,6 +132,7 @@ class FailingRenderer:
         raise ValueError(f"cannot render {job.prompt!r}")
 
 
+@pytest.mark.slow
 def test_an_error_inside_a_worker_stops_the_run_with_its_message(fake_gpus):
     from tsa.evaluate.workers import WorkerError
 
@@ -137,6 +140,7 @@ def test_an_error_inside_a_worker_stops_the_run_with_its_message(fake_gpus):
         run_jobs([Job("00000.mp4", 0, "prompt 0", 42)] * 2, FailingRenderer, 2, PoolEvents(done=lambda *a: None))
 
 
+@pytest.mark.slow
 def test_benchmark_sample_then_score(one_worker, tmp_path):
     """`tsa sample --benchmark videophy --limit 3` -> VideoCon-Physics files of its eval.csv -> `tsa score`."""
     rows = eval_rows(one_worker)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BUILD = "from tsa.configs import load_config; from tsa.models.tiny import materialize_tiny; " \
         "print(materialize_tiny(load_config('tiny')))"
 
@@ -23,6 +25,7 @@ def _hashes(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_tiny_models_are_bit_identical_across_caches_and_thread_counts(tmp_path):
     a, b = _build(tmp_path / "a", "1"), _build(tmp_path / "b", "2")
     assert a.name == b.name  # the same fingerprint folder

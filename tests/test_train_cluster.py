@@ -113,6 +113,7 @@ def test_resume_accepts_the_runs_own_config_and_names_the_keys_of_another(shards
     assert code == 0, output
 
 
+@pytest.mark.slow
 def test_more_workers_than_the_cluster_has_is_a_clear_error_at_once(shards, tmp_path):
     from tsa.train.launch import TrainError, check_workers
 

@@ -95,6 +95,7 @@ def test_resuming_a_lora_run_without_lora_is_a_clear_error(shards, tmp_path):
         _train(shards, out, "train.max_steps=3", "train.lora.rank=0", resume=True)
 
 
+@pytest.mark.slow
 def test_tsa_sample_takes_a_lora_checkpoint(shards, tmp_path):
     """`tsa sample --checkpoint RUN/checkpoint-N` of a LoRA run: the base from RUN/config.yaml
     with the adapters loaded. Adapters made large on purpose change the video; the base alone

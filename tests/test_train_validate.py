@@ -33,6 +33,7 @@ def _frames(path):
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
+@pytest.mark.slow
 def test_validation_videos_are_fixed_and_leave_training_alone(shards, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# two prompts\na ball rolls across the table\n\nwater flows from a tap into a white sink\n")

@@ -109,6 +109,7 @@ def test_sample_top_and_bottom_choose_the_clips(out, means, tmp_path):
     assert keys_of(tmp_path / "b.html") == by[::-1][:2]
 
 
+@pytest.mark.slow
 def test_top_without_masks_h5_reads_each_motion(out, means, tmp_path):
     import shutil
 
@@ -120,6 +121,7 @@ def test_top_without_masks_h5_reads_each_motion(out, means, tmp_path):
     assert keys_of(tmp_path / "t.html") == by[:3]
 
 
+@pytest.mark.slow
 def test_one_or_two_worker_processes_give_the_same_gallery(out, tmp_path):
     _view(out, tmp_path / "a" / "g.html", "--workers", "1", "--page-size", "4")
     _view(out, tmp_path / "b" / "g.html", "--workers", "2", "--page-size", "4")

@@ -44,6 +44,7 @@ def wheel(tmp_path_factory) -> Path:
     return whl
 
 
+@pytest.mark.slow
 def test_wheel_has_one_top_level_name(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
@@ -61,6 +62,7 @@ def test_wheel_has_one_top_level_name(wheel):
     assert not [n for n in names if n.startswith(("tsa/tests/", "tsa/bench/", "tsa/docs/", "tsa/tsa_core/"))]
 
 
+@pytest.mark.slow
 def test_wheel_carries_the_files_read_at_run_time(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for p in (ROOT / "configs").rglob("*"):
@@ -74,6 +76,7 @@ def test_wheel_carries_the_files_read_at_run_time(wheel):
         assert f"tsa/evaluate/prompt_sets/{name}" in names, name
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_outside_the_checkout(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
