@@ -44,6 +44,22 @@ def xdist_scope(nodeid: str) -> str:
     return module
 
 
+# The longest scopes first (measured with --durations), so that the two workers do not end on
+# one long test each while the other waits; then every other module in collection order.
+LONGEST_FIRST = ("tests/test_train_cluster.py", "tests/test_pipeline_runtime_ray.py", "tests/test_preprocess_s3.py",
+                 "tests/test_families.py", "tests/test_train_ddp.py", "tests/test_pipeline_node_loss.py",
+                 "tests/test_train_node_loss.py", "tests/test_pipeline_cluster.py", "tests/test_pipeline_preprocess.py",
+                 "tests/test_sample_workers.py", "tests/test_family_wan.py", "tests/test_teachers.py",
+                 "tests/test_train_ray.py", "tests/test_storage.py")
+
+
+def pytest_collection_modifyitems(items):
+    """The longest modules first (a stable sort: each module's own order, and so its fixtures'
+    grouping, is kept). xdist runs `--no-loadscope-reorder`, so scopes go out in this order."""
+    rank = {m: i for i, m in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
