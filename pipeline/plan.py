@@ -36,13 +36,15 @@ class Plan:
     gpus: float
     actors: dict[str, int] = field(default_factory=dict)  # model stage -> pool size
     notes: list[str] = field(default_factory=list)
+    clips_per_block: int = 1  # clips a decode task takes in turn (see `blocks`)
 
     def lines(self, cfg: Config) -> list[str]:
         p = cfg.preprocess
         used_cpus = sum(self.actors[s] * getattr(p, s).num_cpus for s in MODEL_STAGES)
         decode_slots = max(0, math.floor((self.cpus - used_cpus) / p.decode.num_cpus)) if p.decode.num_cpus else 0
+        per = f", {self.clips_per_block} clips a task" if self.clips_per_block > 1 else ""
         out = [f"plan: {self.nodes} node(s), {self.cpus:g} CPUs, {self.gpus:g} GPUs; decode tasks "
-               f"{p.decode.num_cpus:g} CPU each (about {decode_slots} at once), timeout {p.decode.timeout_s:g} s"]
+               f"{p.decode.num_cpus:g} CPU each (about {decode_slots} at once{per}), timeout {p.decode.timeout_s:g} s"]
         for s in MODEL_STAGES:
             r = getattr(p, s)
             how = "auto" if r.actors == "auto" else "config"
@@ -76,6 +78,9 @@ def make_plan(cfg: Config, nodes: int, cpus: float, gpus: float, num_clips: int)
             plan.notes.append(f"{s}: {n} actors would fit, {batches} used ({num_clips} clips)")
             n = batches
         plan.actors[s] = n
+    used = sum(plan.actors[s] * getattr(p, s).num_cpus for s in MODEL_STAGES)
+    slots = max(1, math.floor((cpus - used) / p.decode.num_cpus)) if p.decode.num_cpus and cpus else 1
+    plan.clips_per_block = blocks(num_clips, slots)
     asked = sum(plan.actors[s] * getattr(p, s).num_gpus for s in gpu_stages)
     if gpus and asked > gpus + 1e-9:
         plan.notes.append(f"the pools ask for {asked:g} GPUs of {gpus:g}: some actors wait for a GPU")
@@ -97,6 +102,17 @@ def _blind(path: str) -> bool:
     except Exception:  # noqa: BLE001 (not in a Ray worker)
         return False
     return node == spec.get("node") and (path == spec.get("path") or path.startswith(spec.get("path", "") + "/"))
+
+
+MAX_CLIPS_PER_BLOCK = 32
+
+
+def blocks(num_clips: int, decode_slots: int) -> int:
+    """Clips a decode task takes in turn: 1 (a task per clip) until there are 8 clips per decode
+    slot, then more, up to 32: Ray Data's cost per task (~7 ms of driver CPU and ~14 kB of driver
+    memory with a block per clip, docs/benchmarks.md) is paid per block, while a block's clips wait
+    for each other only inside one task, with 8 or more tasks per slot left to balance the load."""
+    return max(1, min(MAX_CLIPS_PER_BLOCK, num_clips // (8 * max(1, decode_slots))))
 
 
 def node_storage_problems(src: str, clips: list[str], out: str) -> list[str]:

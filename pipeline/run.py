@@ -210,20 +210,22 @@ def configure_ray_data() -> None:
     ctx.issue_detectors_config.high_memory_detector_config.detection_time_interval_s = -1
 
 
-def prepare_dataset(items: list[ClipItem], cfg: Config, progress=None):
-    """The lazy Ray Dataset of the CPU stage: one row per item (see pipeline/prepare.py).
+def prepare_dataset(items: list[ClipItem], cfg: Config, progress=None, clips_per_block: int = 1):
+    """The lazy Ray Dataset of the CPU stage: one row per item (see pipeline/prepare.py), in
+    blocks of `clips_per_block` clips (a decode task takes a block's clips in turn; plan.blocks).
     `progress`: a pipeline.progress.StageCounter actor each decoded clip is reported to."""
     import ray
 
     configure_ray_data()
     rows = [{"index": it.index, "key": it.key, "video": it.video, "path": it.path, "caption": it.caption,
              "status": it.status, "error": it.error, "extras_json": _dumps(it.extras)} for it in items]
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))  # one clip per task
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // max(1, clips_per_block))))
     return ds.map(_prepare_row, fn_kwargs={"cfg_dict": cfg.to_dict(), "progress": progress},
                   num_cpus=cfg.preprocess.decode.num_cpus)
 
 
-def build_dataset(items: list[ClipItem], cfg: Config, actors: Optional[dict[str, int]] = None, progress=None):
+def build_dataset(items: list[ClipItem], cfg: Config, actors: Optional[dict[str, int]] = None, progress=None,
+                  clips_per_block: int = 1):
     """The lazy Ray Dataset of finished rows for `items` (see the module docstring). `actors`:
     pool size per model stage (pipeline.plan.make_plan); default: the config's integers, 1 for auto.
     `progress`: a pipeline.progress.StageCounter actor every stage reports its clips to."""
@@ -232,7 +234,7 @@ def build_dataset(items: list[ClipItem], cfg: Config, actors: Optional[dict[str,
     from tsa.models.cache import cache_root
     from tsa.pipeline.encoders import TeacherStage, TextStage, VaeStage
 
-    ds = prepare_dataset(items, cfg, progress)
+    ds = prepare_dataset(items, cfg, progress, clips_per_block)
     p = cfg.preprocess
     kwargs = {"cfg_dict": cfg.to_dict(), "cache_dir": str(cache_root()), "progress": progress}
     for name, stage in (("vae", VaeStage), ("teacher", TeacherStage), ("text", TextStage)):
@@ -537,9 +539,10 @@ def _abort_writers(ray_module, writers: list) -> None:
 
 
 def _retry_rows(shards_dir: str, items: list[ClipItem], done: set[int], sps: int
-                ) -> tuple[list[ClipItem], dict[int, dict[str, Any]]]:
-    """--retry-failed: the failed items of finished shards, and those shards' markers (read from
-    `shards_dir`, the output's shards/ folder or URL; a bucket's concurrently)."""
+                ) -> tuple[list[ClipItem], list[int]]:
+    """--retry-failed: the failed items of finished shards, and those shards (to be rebuilt).
+    The markers are read from `shards_dir` (the output's shards/ folder or URL) 256 at a time (a
+    bucket's concurrently) and dropped: the writers read their kept shards' markers themselves."""
     import json
 
     from tsa.shards.layout import shard_name
@@ -547,19 +550,20 @@ def _retry_rows(shards_dir: str, items: list[ClipItem], done: set[int], sps: int
 
     by_index = {it.index: it for it in items}
     redo: list[ClipItem] = []
-    keep: dict[int, dict[str, Any]] = {}
+    keep: list[int] = []
     order = sorted(done)
     store = open_store(shards_dir)
     try:
-        raws = store.read_many([join(shards_dir, f"{shard_name(s)}.json") for s in order])
+        for a in range(0, len(order), 256):
+            ids = order[a:a + 256]
+            for s, raw in zip(ids, store.read_many([join(shards_dir, f"{shard_name(s)}.json") for s in ids])):
+                rows = json.loads(raw)["rows"]
+                failed = [s * sps + i for i, r in enumerate(rows) if r["status"] == "failed"]
+                if failed:
+                    keep.append(s)
+                    redo += [by_index[i] for i in failed]
     finally:
         store.close()
-    for s, raw in zip(order, raws):
-        marker = json.loads(raw)
-        failed = [s * sps + i for i, r in enumerate(marker["rows"]) if r["status"] == "failed"]
-        if failed:
-            keep[s] = marker
-            redo += [by_index[i] for i in failed]
     return redo, keep
 
 
@@ -648,7 +652,7 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
     done = set() if overwrite else complete_shards(remote.listing if remote is not None else
                                                    _listing(out / SHARDS_DIR), n_shards)
     todo = [it for it in items if shard_of(it.index, sps) not in done]
-    keep: dict[int, dict[str, Any]] = {}
+    keep: list[int] = []
     published: list[int] = []
     retried = 0
     if retry_failed:
@@ -696,7 +700,8 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
                                     remote.staging_parent if remote is not None else None)
             if on_plan is not None:
                 on_plan([plan_line(len(writers))])
-            ds = add_route_stage(build_dataset(todo, cfg, plan.actors, progress=counter), cfg, writers)
+            ds = add_route_stage(build_dataset(todo, cfg, plan.actors, progress=counter,
+                                               clips_per_block=plan.clips_per_block), cfg, writers)
             state = {"rows": 0}
             rows = iter_with_watchdog(
                 ds.iter_rows(), cfg.preprocess.stall_timeout_s,

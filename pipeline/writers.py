@@ -42,18 +42,25 @@ def summary(marker: dict[str, Any]) -> dict[str, Any]:
     return {k: marker[k] for k in ("shard", "bytes", "num_samples", "num_failed", "num_skipped")}
 
 
+def _node_id() -> str:
+    import ray
+
+    try:
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    except Exception:  # noqa: BLE001
+        return "local"
+
+
 class ShardWriterActor:
     """One writer: the assembler of the shards s with s mod K == its number (Ray actor)."""
 
-    def __init__(self, number: int, out: str, slots: dict[int, list[int]], keep: dict[int, dict[str, Any]],
+    def __init__(self, number: int, out: str, slots: dict[int, list[int]], keep: list[int],
                  redo: list[int], tars: Optional[str] = None, remote_url: Optional[str] = None,
                  staging: Optional[str] = None):
         from tsa.shards.writer import ShardAssembler
 
-        import ray
-
         self.number = number
-        self.node = ray.get_runtime_context().get_node_id()
+        self.node = _node_id()
         self.remote = None
         local = Path(out)
         if remote_url is not None:
@@ -67,15 +74,20 @@ class ShardWriterActor:
             self.remote.staging = local
         self.local = local
         self.assembler = ShardAssembler(local, {int(s): ix for s, ix in slots.items()}, tars)
-        redo_set = set(redo)
-        for shard, marker in keep.items():
-            self.assembler.keep(int(shard), marker, redo_set)
+        self.redo = set(redo)
+        # kept shards (--retry-failed): their markers are read when their first redone row comes,
+        # so a writer holds only the kept shards that are open, not every one of them
+        self.keep_pending = {int(s) for s in keep}
+        self.markers_at = tars if tars is not None else str(Path(out) / "shards")
 
     def add(self, rows: list[tuple[int, str, Optional[dict[str, bytes]]]]) -> list[dict[str, Any]]:
         """Rows (input position, manifest row JSON, members or None); per row, the shards it
         published (marker summaries) and left unchanged."""
         out = []
         for index, row_json, members in rows:
+            shard = self.assembler.shard_of.get(int(index))
+            if shard in self.keep_pending:
+                self._keep(shard)
             before = len(self.assembler.unchanged)
             marker = self.assembler.add(int(index), json.loads(row_json), members)
             published = []
@@ -85,6 +97,18 @@ class ShardWriterActor:
                 published.append(dict(summary(marker), node=self.node))
             out.append({"published": published, "unchanged": self.assembler.unchanged[before:]})
         return out
+
+    def _keep(self, shard: int) -> None:
+        from tsa.shards.layout import shard_name
+        from tsa.shards.storage import join, open_store
+
+        store = open_store(self.markers_at)
+        try:
+            marker = json.loads(store.read_bytes(join(self.markers_at, f"{shard_name(shard)}.json")))
+        finally:
+            store.close()
+        self.keep_pending.discard(shard)
+        self.assembler.keep(shard, marker, self.redo)
 
     def close(self) -> dict[int, int]:
         """Shards still missing rows (-> how many); those are dropped. Staging is removed."""
@@ -102,7 +126,7 @@ class ShardWriterActor:
             shutil.rmtree(self.local, ignore_errors=True)
 
 
-def start_writers(ray_module, count: int, out: str, slots: dict[int, list[int]], keep: dict[int, dict[str, Any]],
+def start_writers(ray_module, count: int, out: str, slots: dict[int, list[int]], keep: list[int],
                   redo: list[int], tars: Optional[str], remote_url: Optional[str], staging: Optional[str]) -> list:
     """`count` writer actors, writer w on alive node w mod (nodes) (a soft affinity: placed
     elsewhere if that node is gone), each given its shards' slots and kept markers."""
@@ -114,7 +138,7 @@ def start_writers(ray_module, count: int, out: str, slots: dict[int, list[int]],
     for w in range(count):
         place = NodeAffinitySchedulingStrategy(nodes[w % len(nodes)], soft=True) if nodes else "SPREAD"
         mine = {s: ix for s, ix in slots.items() if s % count == w}
-        kept = {s: m for s, m in keep.items() if s % count == w}
+        kept = [s for s in keep if s % count == w]
         positions = {i for ix in mine.values() for i in ix}
         writers.append(actor.options(scheduling_strategy=place).remote(
             w, out, mine, kept, [i for i in redo if i in positions], tars, remote_url, staging))

@@ -92,17 +92,46 @@ def read_recorded(manifest: str, store: Store) -> Optional[dict[str, Any]]:
         return None
 
 
-def _markers(store: Store, shards_dir: str, shards: list[int]) -> dict[int, dict[str, Any]]:
-    paths = [join(shards_dir, f"{shard_name(s)}.json") for s in shards]
-    return {s: json.loads(raw) for s, raw in zip(shards, store.read_many(paths))}
+def _iter_markers(store: Store, shards_dir: str, shards: list[int], chunk: int = 256):
+    """(shard, marker) for `shards` in order, read `chunk` at a time (a bucket's concurrently)."""
+    for a in range(0, len(shards), chunk):
+        ids = shards[a:a + chunk]
+        raws = store.read_many([join(shards_dir, f"{shard_name(s)}.json") for s in ids])
+        for s, raw in zip(ids, raws):
+            yield s, json.loads(raw)
 
 
-def write_manifest(out: Path, tables: list[Any], state: dict[str, Any]) -> Any:
-    """manifest.parquet from `tables` (in shard order) with `state` in its metadata."""
+def _concat(pieces: list[Any]):
+    """One table from per-shard tables: types promoted (null -> any, int -> float); a column whose
+    types still clash (text in one CSV, numbers in another) becomes text, as one table built
+    from all the rows at once makes it."""
     import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        return pa.concat_tables(pieces, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        def kind(t) -> str:
+            return "number" if pa.types.is_integer(t) or pa.types.is_floating(t) else str(t)
+
+        seen: dict[str, set[str]] = {}
+        for t in pieces:
+            for f in t.schema:
+                if not pa.types.is_null(f.type):
+                    seen.setdefault(f.name, set()).add(kind(f.type))
+        clash = {c for c, kinds in seen.items() if len(kinds) > 1}
+        fixed = []
+        for t in pieces:
+            for c in clash & set(t.column_names):
+                t = t.set_column(t.schema.get_field_index(c), c, pc.cast(t[c], pa.string()))
+            fixed.append(t)
+        return pa.concat_tables(fixed, promote_options="permissive")
+
+
+def write_manifest(out: Path, table: Any, state: dict[str, Any]) -> Any:
+    """manifest.parquet from `table` with `state` in its metadata."""
     import pyarrow.parquet as pq
 
-    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     table = table.replace_schema_metadata({STATE_KEY: json.dumps(state, separators=(",", ":")).encode()})
     tmp = Path(out) / (MANIFEST + ".tmp")
     pq.write_table(table, tmp)
@@ -110,22 +139,28 @@ def write_manifest(out: Path, tables: list[Any], state: dict[str, Any]) -> Any:
     return table
 
 
-def write_masks(out: Path, shards: list[int], grid: tuple[int, int, int], store: Store, shards_dir: str,
-                markers: dict[int, dict[str, Any]], old: Optional[Path], reuse: set[int]) -> int:
-    """masks.h5: `keys` [n], `motion` [n, F, H, W] float16, `mask` [n, F, H, W] bool, plus
-    `shard_rows` [shards, 3] (shard, first row, rows); returns n. Shards in `reuse` are copied
-    from the `old` masks.h5, the others read from their tars; memory stays at one shard's maps."""
+def build(out: Path, num_shards: int, grid: tuple[int, int, int], store: Store, shards_dir: str,
+          reuse: set[int], old_table: Any, old_masks: Optional[Path]) -> tuple[Any, int]:
+    """masks.h5 (written) and the manifest table (returned) for shards 0..num_shards-1, shard by
+    shard: a shard in `reuse` from the old files, any other from its marker and its tar (maps at
+    the recorded offsets). Memory: one chunk of markers, one shard's maps, and the manifest table
+    itself (Arrow; ~1 KB a row with OpenVid's captions)."""
     import h5py
 
     out = Path(out)
     tmp = out / (MASKS + ".tmp")
     n = 0
+    pieces = []
     old_rows: dict[int, tuple[int, int]] = {}
-    src = h5py.File(old, "r") if old is not None and reuse else None
+    old_bounds = None
+    src = h5py.File(old_masks, "r") if old_masks is not None and reuse else None
     if src is not None:
         old_rows = {int(s): (int(a), int(c)) for s, a, c in src["shard_rows"][()]}
+        shard_col = old_table["shard"].to_numpy()
+        old_bounds = (shard_col, old_table)
+    fresh = _iter_markers(store, shards_dir, [s for s in range(num_shards) if s not in reuse])
     rows_of = []
-    with closing(store), h5py.File(tmp, "w") as h5:
+    with h5py.File(tmp, "w") as h5:
         keys = h5.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),
                                  chunks=(1024,))
         motion = h5.create_dataset("motion", shape=(0, *grid), maxshape=(None, *grid), dtype=np.float16,
@@ -134,15 +169,19 @@ def write_masks(out: Path, shards: list[int], grid: tuple[int, int, int], store:
                                  chunks=(64, *grid))
         h5.attrs["grid"] = list(grid)
         try:
-            for s in shards:
+            for s in range(num_shards):
                 if s in reuse:
+                    col, table = old_bounds
+                    lo, hi = np.searchsorted(col, s, "left"), np.searchsorted(col, s, "right")
+                    pieces.append(table.slice(lo, hi - lo))
                     a, m = old_rows[s]
                     if m:
-                        got_keys = src["keys"][a:a + m]
-                        got_motion = src["motion"][a:a + m]
-                        got_mask = src["mask"][a:a + m]
+                        got_keys, got_motion, got_mask = src["keys"][a:a + m], src["motion"][a:a + m], \
+                            src["mask"][a:a + m]
                 else:
-                    marker = markers[s]
+                    shard, marker = next(fresh)
+                    assert shard == s
+                    pieces.append(_manifest_table(marker["rows"]))
                     tar = join(shards_dir, marker["tar"])
                     ok = [r["key"] for r in marker["rows"] if r["status"] == "ok"]
                     m = len(ok)
@@ -164,8 +203,8 @@ def write_masks(out: Path, shards: list[int], grid: tuple[int, int, int], store:
             if src is not None:
                 src.close()
         h5.create_dataset("shard_rows", data=np.asarray(rows_of, dtype=np.int64).reshape(-1, 3))
-    os.replace(tmp, out / MASKS)
-    return n
+    table = _concat(pieces).replace_schema_metadata(None)
+    return table, n
 
 
 def finalize(out: Path, num_shards: int, grid: tuple[int, int, int], tars: Optional[str] = None,
@@ -179,7 +218,6 @@ def finalize(out: Path, num_shards: int, grid: tuple[int, int, int], tars: Optio
     read again whatever their sizes. `report["rebuilt"]` gets how many shards' markers and maps
     were read (0 when nothing changed)."""
     import h5py
-    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -215,32 +253,17 @@ def finalize(out: Path, num_shards: int, grid: tuple[int, int, int], tars: Optio
         except OSError:
             covered = set()
         reuse &= covered
-    markers = _markers(store, shards_dir, [s for s in range(num_shards) if s not in reuse])
-    table = None
-    if reuse:
-        kept = old_table.filter(pc.is_in(old_table["shard"], value_set=pa.array(sorted(reuse), pa.int64())))
-        kept = kept.replace_schema_metadata(None)
-        new_rows = [r for s in sorted(markers) for r in markers[s]["rows"]]
-        table = kept
-        if new_rows:
-            new = _manifest_table(new_rows)
-            table = None
-            if not set(new.column_names) - set(kept.column_names):  # else new CSV columns: all from markers
-                try:
-                    merged = pa.concat_tables([kept, new], promote_options="permissive").select(kept.column_names)
-                    table = merged.take(pc.sort_indices(merged, sort_keys=[("shard", "ascending")]))  # stable
-                except (pa.ArrowInvalid, pa.ArrowTypeError):
-                    table = None
-        if table is None:  # rebuilt from every marker
-            reuse = set()
-            markers.update(_markers(store, shards_dir, [s for s in range(num_shards) if s not in markers]))
-    if table is None:
-        table = _manifest_table([r for s in range(num_shards) for r in markers[s]["rows"]])
-    status = table["status"].to_pylist()
-    counts = {"ok": status.count("ok"), "failed": status.count("failed"), "skipped": status.count("skipped")}
-    counts["masks"] = write_masks(out, list(range(num_shards)), grid, open_store(shards_dir), shards_dir, markers,
-                                  old_masks if reuse else None, reuse)
-    write_manifest(out, [table], {"version": 1, "shards": here, "counts": counts})
+    try:
+        table, n = build(out, num_shards, grid, store, shards_dir, reuse, old_table, old_masks)
+    finally:
+        store.close()
+    counts = {"ok": 0, "failed": 0, "skipped": 0}
+    for item in pc.value_counts(table["status"]).to_pylist():
+        if item["values"] in counts:
+            counts[item["values"]] = int(item["counts"])
+    counts["masks"] = n
+    os.replace(out / (MASKS + ".tmp"), out / MASKS)
+    write_manifest(out, table, {"version": 1, "shards": here, "counts": counts})
     for name in (MANIFEST, MASKS):
         (out / (name + ".old")).unlink(missing_ok=True)
     if report is not None:

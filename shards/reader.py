@@ -17,7 +17,7 @@ import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -195,18 +195,37 @@ class OutputInfo:
             self._markers[shard] = self._parse_marker(shard, self.store.read_bytes(path))
         return self._markers[shard]
 
-    def refs(self, shard: int) -> tuple[SampleRef, ...]:
-        """The samples of one complete shard, in marker order."""
+    def refs(self, shard: int, marker: Optional[dict[str, Any]] = None) -> tuple[SampleRef, ...]:
+        """The samples of one complete shard, in marker order (`marker`: the shard's, if at hand)."""
         tar = self.tar(shard)
+        index = (marker if marker is not None else self.marker(shard))["index"]
         return tuple(SampleRef(tar, key, tuple((name, int(off), int(size)) for name, (off, size) in entry.items()))
-                     for key, entry in self.marker(shard)["index"].items())
+                     for key, entry in index.items())
 
-    def check_sizes(self) -> None:
+    def iter_markers(self, chunk: int = 256) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(shard, marker) of every complete shard in order, read `chunk` at a time (a bucket's
+        concurrently) and not kept: memory holds one chunk of markers, whatever the output's size."""
+        for a in range(0, len(self.shard_ids), chunk):
+            ids = self.shard_ids[a:a + chunk]
+            cached = [s for s in ids if s in self._markers]
+            todo = [s for s in ids if s not in self._markers]
+            raws = self.store.read_many([join(self.root, SHARDS_DIR, f"{shard_name(s)}.json") for s in todo])
+            got = {s: self._parse_marker(s, raw) for s, raw in zip(todo, raws)}
+            got.update({s: self._markers[s] for s in cached})
+            for s in ids:
+                yield s, got[s]
+
+    def check_sizes(self, visit: Optional[Callable[[int, dict[str, Any]], None]] = None) -> None:
         """DataError naming every shard whose tar is shorter than the end of the last member its
-        marker records (one listing gave all sizes; the markers are read if not yet)."""
-        self.load_markers()
-        short = [(s, self.tar_sizes[s], marker_end(self._markers[s])) for s in self.shard_ids
-                 if self.tar_sizes[s] < marker_end(self._markers[s])]
+        marker records (one listing gave all sizes; the markers are streamed, not kept).
+        `visit(shard, marker)` sees every marker on the way (the trainer takes its samples)."""
+        short = []
+        for s, marker in self.iter_markers():
+            end = marker_end(marker)
+            if self.tar_sizes[s] < end:
+                short.append((s, self.tar_sizes[s], end))
+            if visit is not None:
+                visit(s, marker)
         if short:
             lines = [f"{self.tar(s)}: {size} bytes, but its marker {shard_name(s)}.json records members up to "
                      f"byte {end}" for s, size, end in short[:10]]
@@ -215,7 +234,7 @@ class OutputInfo:
                             ". Copy the shard again, or delete its .tar and .json and run the same "
                             "`tsa preprocess` command to write it again (docs/storage.md)")
 
-    def check_usable(self) -> None:
+    def check_usable(self, visit: Optional[Callable[[int, dict[str, Any]], None]] = None) -> None:
         """The up-front check of `tsa train` and `tsa view`: dataset.json has the keys readers
         need and this format version (NotUsable), and no complete shard is shorter than its
         marker says (DataError, `check_sizes`)."""
@@ -228,7 +247,7 @@ class OutputInfo:
         if self.dataset["format_version"] != FORMAT_VERSION:
             raise NotUsable(f"{ds}: format_version={self.dataset['format_version']}, this version of tsa reads "
                             f"format_version={FORMAT_VERSION}")
-        self.check_sizes()
+        self.check_sizes(visit)
 
     # -- manifest, rows, keys -----------------------------------------------------------------
     @property

@@ -377,3 +377,14 @@ def test_a_retried_shard_whose_rows_come_out_as_before_is_not_rewritten(tmp_path
     assert asm.add(1, _row(1), _members(1)) is not None and asm.unchanged == []
     _in_order(tmp_path / "ref", 4, 4, failed={3})
     assert shard_tar(out, 0).read_bytes() == shard_tar(tmp_path / "ref", 0).read_bytes()
+
+
+def test_decode_tasks_take_blocks_of_clips_only_on_large_runs():
+    from tsa.configs import load_config
+    from tsa.pipeline.plan import blocks, make_plan
+
+    assert blocks(15, 2) == 1 and blocks(159, 10) == 1 and blocks(160, 10) == 2 and blocks(10**6, 80) == 32
+    cfg = load_config("cogvideox2b_mtsa", optional=["models.teacher.checkpoint"])
+    plan = make_plan(cfg, 1, 96, 8, num_clips=64000)
+    assert plan.clips_per_block == 32 and "32 clips a task" in plan.lines(cfg)[0]
+    assert make_plan(load_config("tiny"), 1, 2, 0, 12).clips_per_block == 1
