@@ -156,6 +156,16 @@ def _worker_state(root: str, has_atlas: bool, grid: tuple[int, int, int]):
     return state
 
 
+def _close_worker_state() -> None:
+    """Close and forget this process's readers (after an in-process gallery: a later gallery of
+    the same folder, rewritten meanwhile, must not see the old masks.h5)."""
+    while _WORKER:
+        info, atlas = _WORKER.popitem()[1]
+        if atlas is not None:
+            atlas.close()
+        info.close()
+
+
 def draw_chunk(root: str, files: Optional[str], jobs: list[tuple[str, int, Optional[int], Optional[str]]],
                opts: dict[str, Any]) -> list[dict[str, Any]]:
     """Draw the clips `jobs` ((key, shard, masks.h5 row, caption) each) of the output `root`.
@@ -366,6 +376,7 @@ def write_gallery(info: OutputInfo, page: Path, ratios: Sequence[float], taus: S
     finally:
         if atlas is not None:
             atlas.close()
+        _close_worker_state()
 
     entries = [(c.order, c, results[c.key]["stem"], results[c.key]["mean"]) for c in chosen
                if "error" not in results[c.key]]
