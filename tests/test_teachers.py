@@ -215,7 +215,7 @@ def test_preprocess_train_view(kind, tmp_path, one_torch_thread):
     runner = CliRunner()
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"]}})
     try:
         res = runner.invoke(app, ["preprocess", "--src", str(clips), "--out", str(out), "--config", f"tiny_{kind}",

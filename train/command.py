@@ -174,8 +174,10 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
     workers: int = typer.Option(1, "--workers", min=1, help="Ray Train workers (one per GPU); 1 runs in this process."),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="ddp or fsdp2 (default: train.strategy)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster (`auto` or host:port); "
-                                              "default: a local Ray when --workers > 1."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray to run on: `local` (a new Ray "
+                                              "started by this command), `auto` (the `ray start` cluster of this machine) "
+                                              "or HOST:PORT. Without it, one worker trains in this "
+                                              "process and more use $RAY_ADDRESS when set, else a local Ray."),
     skip_bad_samples: bool = typer.Option(False, "--skip-bad-samples", help="Skip and count unreadable "
                                           "samples instead of stopping."),
     override: list[str] = typer.Option([], "-o", "--override", help="Config override key=value (repeatable)."),
