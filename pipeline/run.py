@@ -121,48 +121,6 @@ def _check_gpus(cfg: Config, ray_module) -> None:
                               f"(e.g. -o preprocess.vae.num_gpus=0) to run on CPU, or use --ray-address for a GPU cluster")
 
 
-CONNECT_TIMEOUT_S = 10.0
-
-
-def _reachable(address: str) -> Optional[str]:
-    """For HOST:PORT, None when a TCP connection opens within CONNECT_TIMEOUT_S, else why not
-    (ray.init would retry for minutes)."""
-    import socket
-
-    host, _, port = address.rpartition(":")
-    if address.startswith(("ray://", "http://", "https://")) or not host or not port.isdigit():
-        return None
-    try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as e:
-        return f"{type(e).__name__}: {e.strerror or e}"
-    return None
-
-
-def _refused(address: str) -> Optional[str]:
-    """One direct GCS request (milliseconds): why the cluster refuses us (a token it does not
-    accept), or None. ray.init would retry for ~20 s and then report only a ConnectionError."""
-    if address.startswith(("ray://", "http://", "https://")):
-        return None
-    try:
-        from ray._raylet import GcsClient
-
-        GcsClient(address=address).cluster_id
-    except Exception as e:  # noqa: BLE001 (only an authentication refusal is decided here)
-        if "Authentication" in type(e).__name__:
-            first = str(e).split(". ")[0]
-            return (f"{type(e).__name__}: {first}; for a token-authenticated cluster set RAY_AUTH_MODE=token "
-                    f"and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to its token")
-    return None
-
-
-def quiet_ray_loggers() -> None:
-    """Ray's token-auth notice is advice for cluster admins, not for this run's output."""
-    import logging
-
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-
-
 def start_ray(address: Optional[str]) -> tuple[bool, float]:
     """Connect to (or start) Ray. Returns (started_here, seconds). A cluster that cannot be
     reached or refuses us is a PreprocessError within seconds, before anything is written."""
@@ -171,11 +129,12 @@ def start_ray(address: Optional[str]) -> tuple[bool, float]:
     t0 = time.perf_counter()
     if ray.is_initialized():
         return False, 0.0
+    from tsa.cluster.connect import quiet_ray_loggers, reachable, refused
     from tsa.models.cache import cache_root
 
     quiet_ray_loggers()
     if address not in (None, "auto", "local"):
-        why = _reachable(address) or _refused(address)
+        why = reachable(address) or refused(address)
         if why:
             raise PreprocessError(f"--ray-address {address}: cannot reach the Ray cluster ({why})")
     try:

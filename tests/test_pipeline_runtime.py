@@ -269,7 +269,7 @@ def test_a_refused_token_is_named(monkeypatch):
     import ray._raylet
     from ray.exceptions import AuthenticationError
 
-    from tsa.pipeline.run import _refused
+    from tsa.cluster.connect import refused as _refused
 
     class Refusing:
         def __init__(self, address):
