@@ -9,7 +9,12 @@ Prints, as one JSON object per section and a summary table:
     frames plus the VAE encode of 49x480x720 frames), as a ratio to the cached step;
  3. preprocess throughput of the GPU stages (VAE encode, teacher, T5-XXL-sized encoder), clips/s,
     and the stage that bounds it;
- 4. M-TSA against dense TSA at paper size: time and peak memory.
+ 4. M-TSA against dense TSA at paper size: time and peak memory;
+ 5. sampling: seconds a denoising step and a VAE decode, so seconds per benchmark video.
+
+The training step is the trainer's own (assemble_student, wrap, build_optimizer,
+micro_batch_losses, clip_gradients); each micro-batch row carries the memory plan's total
+beside the measured peak, and the micro-batches are 1, 2 and the largest the plan says fits.
 
     python bench/gpu.py                 # on one GPU, about 5-8 minutes
     python bench/gpu.py --small         # the same code at tiny sizes on the CPU (a test runs this)
@@ -56,6 +61,20 @@ def paper_config() -> Config:
 def small_config() -> Config:
     # Half the tiny config's frame size: the same code paths in seconds on a CPU.
     return load_config("tiny", ["geometry.height=96", "geometry.width=144"])
+
+
+def local_scheduler(cfg: Config) -> None:
+    """Point `models.scheduler` at CogVideoX-2B's scheduler config written to a temporary folder
+    (no hub access needed; the trainer reads only the noise schedule from it)."""
+    import tempfile
+
+    from diffusers import CogVideoXDPMScheduler
+
+    from tsa.models.cogvideox import COGVIDEOX_2B_SCHEDULER
+
+    folder = Path(tempfile.mkdtemp(prefix="tsa-gpu-bench-"))
+    CogVideoXDPMScheduler(**COGVIDEOX_2B_SCHEDULER).save_pretrained(folder / "scheduler")
+    cfg.models.scheduler = str(folder)
 
 
 def build_models(cfg: Config, small: bool, device: torch.device):
@@ -134,44 +153,51 @@ def is_oom(err: BaseException) -> bool:
 # ----------------------------------------------------------------------------- 1 + 2: training step
 
 class TrainStep:
-    """One optimizer step of student + projector + diffusion loss + lambda * M-TSA."""
+    """One optimizer step of the trainer's own code (train/loop.py without the data loader):
+    the Student assembled as `build_student` does, `wrap` on one worker, the trainer's AdamW
+    (fused on CUDA), `micro_batch_losses` (bf16 autocast over fp32 weights on GPUs, the family's
+    objective and conditioning, diffusion loss + lambda * alignment loss) and `clip_gradients`.
+    The batch is laid out as the loader gives it: page-locked float16 latents and text, float32
+    teacher tokens, boolean motion masks."""
 
     def __init__(self, cfg: Config, transformer, device: torch.device, online=None):
-        from tsa.core import mask_to_index, topk_mask
-        from tsa.train.loss import alignment_loss, diffusion_loss
-        from tsa.models.cogvideox import FAMILY
-        from tsa.models.student import Student, build_projector
+        from tsa.models.family import student_family
+        from tsa.models.student import assemble_student
+        from tsa.train.distributed import Dist, wrap
+        from tsa.train.optim import build_optimizer
+        from tsa.train.step import StepContext
 
         self.cfg, self.device = cfg, device
-        transformer.enable_gradient_checkpointing()
-        transformer.train()
-        self.student = Student(FAMILY, transformer, build_projector(transformer, cfg).to(device), cfg.align.layer,
-                               cfg.geometry.student_grid).to(device)
-        self.opt = torch.optim.AdamW(self.student.parameters(), lr=cfg.train.lr, weight_decay=1e-4,
-                                     fused=device.type == "cuda")
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                         else contextlib.nullcontext())
+        torch.manual_seed(cfg.seed)
+        self.student = assemble_student(cfg, transformer)
+        self.model = wrap(self.student, Dist(device=device))
+        self.opt = build_optimizer(self.model, cfg.train, device)
+        family = student_family(cfg)
+        self.ctx = StepContext(cfg, family.objective(cfg.models.scheduler), device, None,
+                               family.conditioning(self.student.transformer, cfg, device))
         self.online = online  # (vae, teacher) run on raw frames, as VideoREPA does
-        self._diffusion_loss, self._alignment_loss = diffusion_loss, alignment_loss
-        self._topk_mask, self._mask_to_index = topk_mask, mask_to_index
 
-    def batch(self, b: int) -> dict[str, torch.Tensor]:
-        g, d = self.cfg.geometry, self.device
-        c, f, h, w = g.latent_shape
+    def batch(self, b: int) -> dict:
+        from tsa.core import topk_mask
+
+        g, pin = self.cfg.geometry, self.device.type == "cuda"
         tf, th, tw = g.teacher_grid
+
+        def host(t: torch.Tensor) -> torch.Tensor:
+            return t.pin_memory() if pin else t
+
         out = {
-            "latent": torch.randn(b, c, f, h, w, device=d),  # the Student takes [B, C, F, H, W]
-            "noise": torch.randn(b, c, f, h, w, device=d),
-            "text": torch.randn(b, *g.text_shape, device=d),
-            "timestep": torch.randint(0, 1000, (b,), device=d),
-            "teacher": torch.randn(b, tf * th * tw, self.cfg.models.teacher.dim, device=d),
-            "motion": torch.rand(b, tf, th, tw, device=d),
+            "latent": host(torch.randn(b, *g.latent_shape).half()),
+            "text": host(torch.randn(b, *g.text_shape).half()),
+            "teacher": host(torch.randn(b, tf * th * tw, self.cfg.models.teacher.dim)),
+            "mask": host(topk_mask(torch.rand(b, tf, th, tw), self.cfg.align.ratio)),
+            "index": list(range(b)),
         }
         if self.online is not None:
-            out["frames"] = torch.rand(b, 3, g.num_frames, g.height, g.width, device=d)
+            out["frames"] = torch.rand(b, 3, g.num_frames, g.height, g.width, device=self.device)
         return out
 
-    def _online_targets(self, batch):
+    def _online_targets(self, batch) -> dict:
         from tsa.models.teacher import preprocess_frames
 
         vae, teacher = self.online
@@ -179,32 +205,70 @@ class TrainStep:
         with torch.no_grad():
             frames = batch["frames"]
             latent = vae.encode((frames * 2 - 1).to(dtype)).latent_dist.sample()
-            batch["latent"] = latent.float() * vae.config.scaling_factor
             _, normalized = preprocess_frames(frames, self.cfg.geometry)
-            batch["teacher"] = teacher(normalized.to(dtype)).float()
+            return {**batch, "latent": latent.float() * vae.config.scaling_factor,
+                    "teacher": teacher(normalized.to(dtype)).float()}
 
     def model_flops_per_sample(self) -> int:
         """Model FLOPs of one sample: 3x the counted forward (backward = 2x forward; the
         recompute of gradient checkpointing is not model work, as MFU conventionally counts)."""
-        batch = self.batch(1)
-        with torch.no_grad(), self.autocast:
-            return 3 * counted_flops(lambda: self.student(batch["latent"], batch["text"], batch["timestep"]))
+        from tsa.train.step import to_device
 
-    def __call__(self, batch) -> None:
+        batch = self.batch(1)
+        x = to_device(batch["latent"], self.ctx, torch.float32)
+        text = to_device(batch["text"], self.ctx, torch.float32)
+        t = torch.zeros(1, dtype=torch.long, device=self.device)
+        dtype = self.ctx.autocast_dtype
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return 3 * counted_flops(lambda: self.model(x, text, t, self.ctx.conditioning))
+
+    def __call__(self, batch, align_loss: str | None = None) -> None:
+        """One step; `align_loss` overrides `align.loss` for this call (none: the diffusion loss
+        alone, to take the alignment's share of the step)."""
+        from tsa.train.distributed import clip_gradients
+        from tsa.train.step import micro_batch_losses
+
         if self.online is not None:
-            self._online_targets(batch)
-        alpha_bar = 0.5  # the noise level does not change the cost of a step
-        noisy = alpha_bar ** 0.5 * batch["latent"] + (1 - alpha_bar) ** 0.5 * batch["noise"]
-        target = alpha_bar ** 0.5 * batch["noise"] - (1 - alpha_bar) ** 0.5 * batch["latent"]
-        with self.autocast:
-            pred, projected = self.student(noisy, batch["text"], batch["timestep"])
-        index = self._mask_to_index(self._topk_mask(batch["motion"], self.cfg.align.ratio))
-        loss = self._diffusion_loss(pred, target) + self.cfg.align.weight * self._alignment_loss(
-            self.cfg.align, projected, batch["teacher"], self.cfg.geometry.teacher_grid, index)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
-        self.opt.step()
+            batch = self._online_targets(batch)
+        ctx = self.ctx
+        if align_loss is not None and align_loss != self.cfg.align.loss:
+            cfg = _with_align_loss(self.cfg, align_loss)
+            ctx = type(ctx)(cfg, ctx.objective, ctx.device, ctx.latent_norm, ctx.conditioning, ctx.param_dtype)
         self.opt.zero_grad(set_to_none=True)
+        micro_batch_losses(self.model, batch, ctx)["loss"].backward()
+        clip_gradients(self.model, self.cfg.train.grad_clip)
+        self.opt.step()
+
+
+def _with_align_loss(cfg: Config, loss: str) -> Config:
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out.align.loss = loss
+    return out
+
+
+def planned_gib(step: TrainStep, b: int) -> float:
+    """The trainer's memory plan (train/memory_plan.py, one worker) at micro-batch `b`, GiB."""
+    import copy
+
+    from tsa.train.memory_plan import plan_memory
+
+    cfg = copy.deepcopy(step.cfg)
+    cfg.train.micro_batch = b
+    return plan_memory(step.student.transformer, step.student.projector, cfg, "ddp", 1).total / 2**30
+
+
+def largest_planned(step: TrainStep, device: torch.device, limit: int = 64) -> int:
+    """The largest micro-batch whose planned memory, plus what the benchmark's other models
+    (VAE, teacher) hold and 2 GiB of CUDA context and allocator slack, fits the GPU (1 on the CPU)."""
+    if device.type != "cuda":
+        return 1
+    own = sum(t.numel() * t.element_size() for t in [*step.student.parameters(), *step.student.buffers()])
+    others = (torch.cuda.memory_allocated(device) - own) / 2**30
+    card = torch.cuda.get_device_properties(device).total_memory / 2**30
+    fits = [b for b in range(1, limit + 1) if planned_gib(step, b) + others + 2.0 <= card]
+    return fits[-1] if fits else 1
 
 
 def bench_train(cfg: Config, transformer, vae, teacher, device, small: bool) -> dict:
@@ -213,35 +277,60 @@ def bench_train(cfg: Config, transformer, vae, teacher, device, small: bool) -> 
     results: dict = {"micro_batches": []}
     peak = peak_tflops(device)
     flops_per_sample = None
-    # Doubling micro-batches keeps the section inside the issue's 8 minutes.
-    candidates = [1, 2] if small else [1, 2, 4, 8]
-    for b in candidates:
+    # Micro-batch 1 and 2, then the largest the memory plan says fits this GPU: measuring it
+    # checks the plan; if it does not fit after all, the next smaller ones are tried.
+    largest = largest_planned(step, device)
+    results["planned_largest_micro_batch"] = largest
+    candidates = [1, 2] if small else sorted({1, 2, largest})
+    fallback = [max(1, largest - k) for k in (1, 2, 4, 8)] if not small else []
+    tried: set[int] = set()
+    while candidates:
+        b = candidates.pop(0)
+        if b in tried:
+            continue
+        tried.add(b)
         reset_peak(device)
         batch = step.batch(b)
+        big = b > 2
         try:
-            seconds = timed(lambda: step(batch), device, warm if b == 1 else min(warm, 1), iters)
+            seconds = timed(lambda: step(batch), device, warm if b == 1 else min(warm, 1), 1 if big else iters)
         except RuntimeError as err:
             if not is_oom(err):
                 raise
             step.opt.zero_grad(set_to_none=True)
             del batch
             reset_peak(device)
-            results["micro_batches"].append({"micro_batch": b, "oom": True})
-            break
+            results["micro_batches"].append({"micro_batch": b, "oom": True, "planned_gib": planned_gib(step, b)})
+            candidates = [f for f in fallback if f < b and f not in tried][:1]
+            continue
         if flops_per_sample is None:
             flops_per_sample = step.model_flops_per_sample()
         row = {"micro_batch": b, "s_per_sample": seconds / b, "samples_per_s": b / seconds,
-               "peak_gib": peak_gib(device)}
+               "peak_gib": peak_gib(device), "planned_gib": planned_gib(step, b)}
         if peak:
             row["mfu"] = flops_per_sample * b / seconds / (peak * 1e12)
         results["micro_batches"].append(row)
         del batch
     results["tflop_per_sample"] = flops_per_sample / 1e12 if flops_per_sample else None
     ok = [r for r in results["micro_batches"] if not r.get("oom")]
-    results["largest_micro_batch"] = ok[-1]["micro_batch"] if ok else None
+    results["largest_micro_batch"] = max(r["micro_batch"] for r in ok) if ok else None
     if not ok:  # not even micro-batch 1 fits: nothing to compare the online step with
         results["online"] = {"skipped": "micro-batch 1 does not fit"}
         return results
+
+    # The alignment's share of the step, and dense TSA in the step: micro-batch 1 with the
+    # diffusion loss alone, with M-TSA (above), and with dense TSA over every query.
+    batch = step.batch(1)
+    base = ok[0]["s_per_sample"]
+    align = {"mtsa_s": base}
+    for name in ("none", "tsa"):
+        reset_peak(device)
+        align[f"{name}_s"] = timed(lambda: step(batch, align_loss=name), device, min(warm, 1), iters)
+        align[f"{name}_peak_gib"] = peak_gib(device)
+    align["mtsa_share"] = (base - align["none_s"]) / base
+    align["dense_tsa_share"] = (align["tsa_s"] - align["none_s"]) / align["tsa_s"]
+    results["alignment"] = align
+    del batch
 
     # 2. Online teacher (VideoREPA style): VAE encode + VideoMAEv2 inside the step, micro-batch 1,
     # with the VAE's memory savers on, as a trainer that encodes 49 x 480 x 720 frames needs them.
@@ -343,13 +432,58 @@ def bench_loss(cfg: Config, device, small: bool) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- 5: sampling
+
+def bench_sample(cfg: Config, transformer, vae, device, small: bool) -> dict:
+    """Seconds per benchmark video, from its parts: one denoising step (the transformer on the
+    conditional and unconditional halves together, bf16 weights, as `tsa sample` runs it) times
+    `sample.steps`, plus the VAE decode of one latent [C, F, H, W] (tiled on GPUs)."""
+    from tsa.models.family import student_family
+
+    g, family = cfg.geometry, student_family(cfg)
+    dtype = torch.float32 if small else torch.bfloat16
+    warm, iters = (0, 1) if small else (1, 3)
+    transformer = transformer.to(dtype).eval()
+    text = torch.randn(2, *g.text_shape, device=device, dtype=dtype)
+    latent = torch.randn(2, *g.latent_shape, device=device, dtype=dtype)
+    t = torch.full((2,), 500, device=device)
+    conditioning = family.conditioning(transformer, cfg, device)
+    vae.disable_tiling()  # as `tsa sample` decodes by default (--vae-tiling is off)
+    from dataclasses import fields
+
+    from tsa.evaluate.sample import SampleOptions
+
+    out: dict = {"steps": next(f.default for f in fields(SampleOptions) if f.name == "steps")}
+    with torch.inference_mode():
+        reset_peak(device)
+        out["step_s"] = timed(lambda: family.predict(transformer, latent, text, t, conditioning), device, warm, iters)
+        out["step_peak_gib"] = peak_gib(device)
+        # The VAE takes [B, C, F, H, W] latents, as the sampler passes them.
+        z = torch.randn(1, *g.latent_shape, device=device, dtype=next(vae.parameters()).dtype)
+        reset_peak(device)
+        decode = lambda: vae.decode(z / vae.config.scaling_factor).sample  # noqa: E731
+        try:
+            out["decode_s"] = timed(decode, device, warm, 1 if not small else iters)
+        except RuntimeError as err:
+            if not is_oom(err):
+                raise
+            reset_peak(device)
+            vae.enable_tiling()
+            out["decode_tiled"] = True
+            out["decode_s"] = timed(decode, device, warm, 1 if not small else iters)
+        out["decode_peak_gib"] = peak_gib(device)
+    out["s_per_video"] = out["steps"] * out["step_s"] + out["decode_s"]
+    out["videos_per_hour"] = 3600 / out["s_per_video"]
+    return out
+
+
 # ----------------------------------------------------------------------------- main
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="tiny sizes on the CPU: checks that the script works")
     ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--skip", default="", help="comma-separated sections to skip: train,preprocess,loss")
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip: train,preprocess,loss,sample")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
 
@@ -358,6 +492,7 @@ def main(argv=None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     cfg = small_config() if args.small else paper_config()
+    local_scheduler(cfg)
     results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                      "torch": torch.__version__, "small": args.small,
                      "geometry": {"latent": list(cfg.geometry.latent_shape), "text": list(cfg.geometry.text_shape),
@@ -375,6 +510,9 @@ def main(argv=None) -> dict:
     if "train" not in skip:
         results["train"] = bench_train(cfg, transformer, vae, teacher, device, args.small)
         print(json.dumps({"train": results["train"]}), flush=True)
+    if "sample" not in skip:
+        results["sample"] = bench_sample(cfg, transformer, vae, device, args.small)
+        print(json.dumps({"sample": results["sample"]}), flush=True)
     results["wall_s"] = time.perf_counter() - t0
     print(summary(results))
     if args.json:
@@ -390,8 +528,14 @@ def summary(r: dict) -> str:
                 lines.append(f"train  micro-batch {row['micro_batch']}: out of memory")
                 continue
             mfu = f"  MFU {row['mfu']:.1%}" if "mfu" in row else ""
-            mem = f"  peak {row['peak_gib']:.1f} GiB" if row["peak_gib"] is not None else ""
+            mem = (f"  peak {row['peak_gib']:.1f} GiB (plan {row['planned_gib']:.1f})"
+                   if row["peak_gib"] is not None else "")
             lines.append(f"train  micro-batch {row['micro_batch']}: {row['s_per_sample']:.3f} s/sample{mem}{mfu}")
+        if "alignment" in r["train"]:
+            a = r["train"]["alignment"]
+            lines.append(f"train  micro-batch 1: M-TSA {a['mtsa_s']:.3f} s, dense TSA {a['tsa_s']:.3f} s, no alignment "
+                         f"{a['none_s']:.3f} s: the alignment is {a['mtsa_share']:.1%} of the step "
+                         f"({a['dense_tsa_share']:.1%} with dense TSA)")
         on = r["train"]["online"]
         if "s_per_sample" in on:
             lines.append(f"train  online teacher+VAE: {on['s_per_sample']:.3f} s/sample = "
@@ -407,6 +551,10 @@ def summary(r: dict) -> str:
         lines.append(f"loss   dense TSA (plain [B, N, N]) {x['dense_plain']['ms']:.1f} ms, dense TSA "
                      f"(tsa_loss) {x['dense_tsa']['ms']:.1f} ms, M-TSA {x['mtsa']['ms']:.1f} ms "
                      f"(M-TSA / plain dense: time ratio {x['time_ratio']:.3f}{mem})")
+    if "sample" in r:
+        x = r["sample"]
+        lines.append(f"sample {x['step_s']:.3f} s a denoising step (CFG pair) x {x['steps']} + decode "
+                     f"{x['decode_s']:.2f} s = {x['s_per_video']:.1f} s a video ({x['videos_per_hour']:.0f} an hour)")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from tsa.configs.schema import Config, ConfigError
 from tsa.models.family import ModelError, StudentFamily, student_family
 
-__all__ = ["ModelError", "Student", "build_projector", "build_student"]
+__all__ = ["ModelError", "Student", "assemble_student", "build_projector", "build_student"]
 
 
 def build_projector(transformer, cfg: Config):
@@ -105,13 +105,22 @@ def build_student(cfg: Config, empty: bool = False) -> Student:
     as usual. Several workers build this empty twin, and rank 0 alone loads the weights and
     broadcasts them into the sharded or replicated module (train/distributed.py, `wrap`), so a
     node's host RAM holds at most one copy of the model whatever the number of ranks."""
-    import contextlib
-
     family = student_family(cfg)
     if empty:
         transformer = _empty_transformer(family, cfg.models.student)
     else:
         transformer = family.load_transformer(cfg.models.student)
+    return assemble_student(cfg, transformer, empty)
+
+
+def assemble_student(cfg: Config, transformer: nn.Module, empty: bool = False) -> Student:
+    """The Student around an already built `transformer` (loaded, random, or on the meta device
+    when `empty`): the config checks, LoRA, gradient checkpointing, the seeded projector and
+    compile, exactly as `build_student` does after loading (bench/gpu.py builds a random-weight
+    transformer at paper size and trains it through this)."""
+    import contextlib
+
+    family = student_family(cfg)
     family.check_transformer(transformer, cfg)
     on_meta = _meta_parameters() if empty else contextlib.nullcontext()
     if cfg.train.lora.rank > 0:
