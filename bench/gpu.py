@@ -176,6 +176,15 @@ class TrainStep:
         self.ctx = StepContext(cfg, family.objective(cfg.models.scheduler), device, None,
                                family.conditioning(self.student.transformer, cfg, device))
         self.online = online  # (vae, teacher) run on raw frames, as VideoREPA does
+        self.fb_peak = self.step_peak = 0  # bytes, since the last reset_peaks()
+
+    def reset_peaks(self) -> None:
+        self.fb_peak = self.step_peak = 0
+
+    def peaks_gib(self) -> dict:
+        if self.device.type != "cuda":
+            return {"peak_gib": None}
+        return {"peak_gib": self.step_peak / 2**30, "forward_backward_peak_gib": self.fb_peak / 2**30}
 
     def batch(self, b: int) -> dict:
         from tsa.core import topk_mask
@@ -235,9 +244,16 @@ class TrainStep:
             cfg = _with_align_loss(self.cfg, align_loss)
             ctx = type(ctx)(cfg, ctx.objective, ctx.device, ctx.latent_norm, ctx.conditioning, ctx.param_dtype)
         self.opt.zero_grad(set_to_none=True)
+        cuda = self.device.type == "cuda"
+        if cuda:  # the peak of forward + backward alone, apart from the optimizer step's
+            torch.cuda.reset_peak_memory_stats(self.device)
         micro_batch_losses(self.model, batch, ctx)["loss"].backward()
+        if cuda:
+            self.fb_peak = max(self.fb_peak, torch.cuda.max_memory_allocated(self.device))
         clip_gradients(self.model, self.cfg.train.grad_clip)
         self.opt.step()
+        if cuda:
+            self.step_peak = max(self.step_peak, torch.cuda.max_memory_allocated(self.device))
 
 
 def _with_align_loss(cfg: Config, loss: str) -> Config:
@@ -271,7 +287,10 @@ def largest_planned(step: TrainStep, device: torch.device, limit: int = 64) -> i
     return fits[-1] if fits else 1
 
 
-def bench_train(cfg: Config, transformer, vae, teacher, device, small: bool) -> dict:
+def bench_train(cfg: Config, transformer, vae, teacher, device, small: bool,
+                micro_batches: list[int] | None = None) -> dict:
+    """`micro_batches`: measure exactly these (the activation slope against the plan's) and skip
+    the micro-batch 1 comparisons (alignment share, online teacher)."""
     step = TrainStep(cfg, transformer, device)
     warm, iters = (0, 1) if small else (2, 3)
     results: dict = {"micro_batches": []}
@@ -283,6 +302,8 @@ def bench_train(cfg: Config, transformer, vae, teacher, device, small: bool) -> 
     results["planned_largest_micro_batch"] = largest
     candidates = [1, 2] if small else sorted({1, 2, largest})
     fallback = [max(1, largest - k) for k in (1, 2, 4, 8)] if not small else []
+    if micro_batches:
+        candidates, fallback = sorted(micro_batches), []
     tried: set[int] = set()
     while candidates:
         b = candidates.pop(0)
@@ -290,6 +311,7 @@ def bench_train(cfg: Config, transformer, vae, teacher, device, small: bool) -> 
             continue
         tried.add(b)
         reset_peak(device)
+        step.reset_peaks()
         batch = step.batch(b)
         big = b > 2
         try:
@@ -300,13 +322,14 @@ def bench_train(cfg: Config, transformer, vae, teacher, device, small: bool) -> 
             step.opt.zero_grad(set_to_none=True)
             del batch
             reset_peak(device)
-            results["micro_batches"].append({"micro_batch": b, "oom": True, "planned_gib": planned_gib(step, b)})
+            results["micro_batches"].append({"micro_batch": b, "oom": True, "planned_gib": planned_gib(step, b),
+                                             "error": str(err)[:400]})
             candidates = [f for f in fallback if f < b and f not in tried][:1]
             continue
         if flops_per_sample is None:
             flops_per_sample = step.model_flops_per_sample()
         row = {"micro_batch": b, "s_per_sample": seconds / b, "samples_per_s": b / seconds,
-               "peak_gib": peak_gib(device), "planned_gib": planned_gib(step, b)}
+               **step.peaks_gib(), "planned_gib": planned_gib(step, b)}
         if peak:
             row["mfu"] = flops_per_sample * b / seconds / (peak * 1e12)
         results["micro_batches"].append(row)
@@ -314,8 +337,8 @@ def bench_train(cfg: Config, transformer, vae, teacher, device, small: bool) -> 
     results["tflop_per_sample"] = flops_per_sample / 1e12 if flops_per_sample else None
     ok = [r for r in results["micro_batches"] if not r.get("oom")]
     results["largest_micro_batch"] = max(r["micro_batch"] for r in ok) if ok else None
-    if not ok:  # not even micro-batch 1 fits: nothing to compare the online step with
-        results["online"] = {"skipped": "micro-batch 1 does not fit"}
+    if not ok or micro_batches:  # nothing (or not asked) to compare the online step with
+        results["online"] = {"skipped": "micro-batch 1 does not fit" if not ok else "--micro-batches"}
         return results
 
     # The alignment's share of the step, and dense TSA in the step: micro-batch 1 with the
@@ -483,6 +506,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="tiny sizes on the CPU: checks that the script works")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--micro-batches", default="", help="comma-separated micro-batches to measure in the "
+                    "training section instead of 1, 2 and the plan's largest")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: train,preprocess,loss,sample")
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
@@ -508,7 +533,8 @@ def main(argv=None) -> dict:
     del t5
     reset_peak(device)
     if "train" not in skip:
-        results["train"] = bench_train(cfg, transformer, vae, teacher, device, args.small)
+        results["train"] = bench_train(cfg, transformer, vae, teacher, device, args.small,
+                                       [int(x) for x in args.micro_batches.split(",") if x])
         print(json.dumps({"train": results["train"]}), flush=True)
     if "sample" not in skip:
         results["sample"] = bench_sample(cfg, transformer, vae, device, args.small)
