@@ -512,6 +512,9 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     skip = set(filter(None, args.skip.split(",")))
 
+    from tsa.train.launch import set_allocator_defaults
+
+    set_allocator_defaults()  # the trainer's allocator settings, before the first CUDA tensor
     device = torch.device("cuda" if torch.cuda.is_available() and not args.small else "cpu")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -264,3 +264,28 @@ def test_empty_student_is_the_loaded_one_without_weights(name, overrides):
     for n, b in empty.named_buffers():
         assert torch.equal(b, buffers[n]), n
     assert empty.transformer.config == loaded.transformer.config
+
+
+def test_memory_plan_holds_the_peaks_measured_on_an_h200():
+    """The one-worker plan for CogVideoX-2B at the paper settings against the peaks bench/gpu.py
+    measured on one H200 (docs/gpu_runs/h200-2026-12-04): never below a measured peak (a plan
+    below it let micro-batch 28 run out of memory where it promised 36), and not more than
+    10 GiB above it (a plan that far above would waste a card's micro-batches)."""
+    from diffusers import CogVideoXTransformer3DModel
+
+    from tsa.configs import load_config
+    from tsa.core import Projector
+    from tsa.train.memory_plan import GIB, plan_memory
+
+    runs = ROOT / "docs" / "gpu_runs" / "h200-2026-12-04"
+    rows = [row for name in ("gpu.json", "gpu_mb.json", "gpu_mb2.json")
+            for row in json.loads((runs / name).read_text())["train"]["micro_batches"] if not row.get("oom")]
+    assert sorted({row["micro_batch"] for row in rows}) == [1, 2, 4, 8, 16, 20, 24]
+    cfg = load_config("cogvideox2b_mtsa", optional=["models.teacher.checkpoint"])
+    with torch.device("meta"):
+        transformer = CogVideoXTransformer3DModel()
+        projector = Projector(1920, 2048, 768)
+    for row in rows:
+        cfg.train.micro_batch = row["micro_batch"]
+        planned = plan_memory(transformer, projector, cfg, "ddp", 1).total / GIB
+        assert row["peak_gib"] <= planned <= row["peak_gib"] + 10, (row["micro_batch"], row["peak_gib"], planned)

@@ -30,9 +30,14 @@ adapters and the projector), W the workers, b the micro-batch:
     activations  with gradient checkpointing: each block keeps its inputs,
                  b x (video + text tokens) x D (bf16 under autocast and FSDP2's bf16 policy alike:
                  both families' residual streams are bf16 there; fp32 otherwise), and one block
-                 at a time is recomputed, ~16 x b x tokens x D x 2 bytes of bf16 intermediates
-                 (attention through SDPA, no tokens x tokens matrix); without checkpointing
-                 every block keeps those intermediates
+                 at a time is recomputed and back-propagated, 38 x b x tokens x D x 2 bytes
+                 of bf16 intermediates and their gradients (attention through SDPA, no
+                 tokens x tokens matrix; the 38 is measured, see BLOCK_INTERMEDIATES); without
+                 checkpointing every block keeps those intermediates
+
+The terms are summed, although gradients peak at the end of the backward and activations at its
+start: at micro-batch 1 the plan is above the measured peak by about the gradients (CogVideoX-2B
+on an H200: plan 33.0 GiB, peak 28.8), and at large micro-batches it converges on it from above.
 
 FSDP2 shards each parameter along dim 0 into W chunks of ceil(rows / W) rows, padded to that
 size on every rank: the plan counts the padded chunk (rank 0's share, the largest).
@@ -49,7 +54,10 @@ from torch import nn
 from tsa.configs.schema import Config
 
 GIB = 1024 ** 3
-BLOCK_INTERMEDIATES = 16  # bf16 tensors of size tokens x D that one block holds for its backward
+# bf16 tensors of size tokens x D that one block holds while it is recomputed and back-propagated.
+# Measured (bench/gpu.py --micro-batches 1,4,8,16 on an H200, CogVideoX-2B, bf16 autocast,
+# checkpointing): the peak rises 4.34 GiB a sample, 30 saved block inputs plus 38 of these.
+BLOCK_INTERMEDIATES = 38
 STEP_BYTES = 4  # AdamW's per-tensor step counter (a 0-d fp32 tensor)
 
 
