@@ -128,15 +128,18 @@ class ShardWriterActor:
 
 def start_writers(ray_module, count: int, out: str, slots: dict[int, list[int]], keep: list[int],
                   redo: list[int], tars: Optional[str], remote_url: Optional[str], staging: Optional[str]) -> list:
-    """`count` writer actors, writer w on alive node w mod (nodes) (a soft affinity: placed
-    elsewhere if that node is gone), each given its shards' slots and kept markers."""
+    """`count` writer actors, writer w on alive node w mod (nodes), each given its shards' slots
+    and kept markers. The affinity is hard: a soft one let Ray place every writer on one node
+    of an idle two-node cluster (each node then stages and writes what the plan did not say).
+    A writer whose node is lost dies with it, and the run stops saying that the same command
+    resumes, as for a node lost mid-run."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     actor = ray_module.remote(num_cpus=0, max_restarts=0)(ShardWriterActor)
     nodes = sorted(n["NodeID"] for n in ray_module.nodes() if n.get("Alive"))
     writers = []
     for w in range(count):
-        place = NodeAffinitySchedulingStrategy(nodes[w % len(nodes)], soft=True) if nodes else "SPREAD"
+        place = NodeAffinitySchedulingStrategy(nodes[w % len(nodes)], soft=False) if nodes else "SPREAD"
         mine = {s: ix for s, ix in slots.items() if s % count == w}
         kept = [s for s in keep if s % count == w]
         positions = {i for ix in mine.values() for i in ix}

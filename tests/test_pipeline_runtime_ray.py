@@ -56,7 +56,19 @@ def cfg():
     return load_config("tiny", OPTS)
 
 
-def test_faults_fail_their_clips_then_retry_failed_repairs_in_place(ray_local, hooks, clips, cfg, tmp_path):
+@pytest.fixture(scope="module")
+def clean(ray_local, hooks, clips, cfg, tmp_path_factory):
+    """One fault-free run of `clips`, shared read-only: the reference the repaired output must
+    equal, and the rows and progress counts it reported as it went."""
+    hooks.write_text("{}")
+    out = tmp_path_factory.mktemp("clean") / "out"
+    seen, rows = [], []
+    result = run_preprocess(clips, out, cfg, on_row=rows.append,
+                            on_progress=lambda c: seen.append((len(rows), dict(c))))
+    return out, result, rows, seen
+
+
+def test_faults_fail_their_clips_then_retry_failed_repairs_in_place(ray_local, hooks, clips, cfg, clean, tmp_path):
     hooks.write_text(json.dumps({"hang_decode": "landscape.mp4", "raise_stage": "vae:portrait"}))
     out = tmp_path / "out"
     first = run_preprocess(clips, out, cfg)
@@ -92,8 +104,7 @@ def test_faults_fail_their_clips_then_retry_failed_repairs_in_place(ray_local, h
                                                                             "masks": 3}
     assert not fixed.too_many_failed and fixed.shards_written == 1  # only shard 0 held failed rows
 
-    ref = tmp_path / "ref"
-    run_preprocess(clips, ref, cfg)
+    ref = clean[0]  # a clean run of the same clips and config
     a, b = open_output(ref), open_output(out)
     assert a.keys == b.keys == ["landscape", "portrait", "tiny"]
     assert a.manifest.equals(b.manifest)
@@ -154,25 +165,23 @@ def test_a_stalled_run_stops_with_a_message_naming_what_waits(ray_local, hooks, 
     from tsa.pipeline.run import RunStalled, _running_executors
 
     hooks.write_text("{}")
-    cfg = load_config("tiny", OPTS + ["preprocess.decode.num_cpus=2", "preprocess.stall_timeout_s=20"])
+    # Nothing can ever run here, so a short stall timeout stops it as surely as a long one.
+    cfg = load_config("tiny", OPTS + ["preprocess.decode.num_cpus=2", "preprocess.stall_timeout_s=12"])
     with pytest.raises(RunStalled) as e:
         run_preprocess(clips, tmp_path / "out", cfg)
     msg = str(e.value)
-    assert msg.startswith("no clip finished for 20 s (preprocess.stall_timeout_s) with 3 of 3 clips left")
+    assert msg.startswith("no clip finished for 12 s (preprocess.stall_timeout_s) with 3 of 3 clips left")
     assert "1 alive node(s), 0 dead" in msg and "waiting for resources" in msg, msg
     assert not list((tmp_path / "out" / "shards").glob("*.tar"))  # nothing half-written is published
     assert not _running_executors()  # its Ray Data execution was shut down, not left holding the actors
 
 
-def test_progress_moves_per_clip_before_the_text_batch_lets_rows_out(ray_local, hooks, clips, cfg, tmp_path):
+def test_progress_moves_per_clip_before_the_text_batch_lets_rows_out(clean):
     """tiny's T5 batch (8) holds all 3 clips, so no row reaches the driver before the end; the
     stages' own counts (pipeline/progress.py) still move the bar clip by clip."""
     from tsa.pipeline.progress import STAGES, position
 
-    hooks.write_text("{}")
-    seen, rows = [], []
-    result = run_preprocess(clips, tmp_path / "out", cfg, on_row=rows.append,
-                            on_progress=lambda c: seen.append((len(rows), dict(c))))
+    _, result, rows, seen = clean
     assert result.processed == 3 and len(rows) == 3
     early = [c for written, c in seen if written == 0]
     assert any(c.get("decode", 0) >= 1 for c in early), seen  # moved before any row was written
