@@ -26,3 +26,29 @@ def test_a_users_allocator_setting_is_kept(monkeypatch):
     import os
 
     assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"
+
+
+def test_ray_train_workers_get_the_setting_through_the_jobs_runtime_env(monkeypatch):
+    """Ray Train sets up each worker's process group (and may touch the GPU) before our code
+    runs there, so the setting travels in the job's runtime_env: for a local Ray (with the
+    machine's TSA_CACHE) and for a cluster address (without it). A job from `ray job submit`
+    (RAY_ADDRESS) keeps the runtime_env it was submitted with."""
+    import tsa.cluster.connect as connect_module
+
+    calls = []
+    monkeypatch.setattr(connect_module, "connect", lambda address, runtime_env=None, **kw: calls.append(runtime_env))
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("TSA_CACHE", "/cache/here")
+    launch_module.connect_ray(None)
+    launch_module.connect_ray("10.0.0.1:6379")
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    launch_module.connect_ray("10.0.0.1:6379")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    launch_module.connect_ray(None)
+    assert calls == [
+        {"env_vars": {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "TSA_CACHE": "/cache/here"}},
+        {"env_vars": {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}},
+        {"env_vars": {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}},
+        None,
+    ]

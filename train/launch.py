@@ -52,7 +52,9 @@ def launch(job: TrainJob, workers: int = 1, strategy: str = "ddp", ray_address: 
 
 
 def _ray_worker(config: dict[str, Any]) -> None:
-    set_allocator_defaults()  # first: before Ray Train's device or any tensor touches the GPU
+    # The job's runtime_env (connect_ray) already carries the setting; under `ray job submit`
+    # this is the fallback, and it works only if nothing has allocated on the GPU yet.
+    set_allocator_defaults()
     import ray.train.torch
 
     from tsa.train.checkpoint import latest_checkpoint
@@ -84,7 +86,10 @@ def connect_ray(ray_address: Optional[str]) -> bool:
     from tsa.cluster.connect import connect
     from tsa.models.cache import cache_root
 
-    env = {"TSA_CACHE": str(cache_root())} if ray_address is None and not os.environ.get("RAY_ADDRESS") else None
+    submitted = ray_address is None and bool(os.environ.get("RAY_ADDRESS"))  # `ray job submit`: its own runtime_env
+    env = {} if submitted else {"PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ALLOCATOR_SETTINGS)}
+    if ray_address is None and not submitted:
+        env["TSA_CACHE"] = str(cache_root())
     return connect(ray_address, runtime_env={"env_vars": env} if env else None, log_to_driver=False)
 
 

@@ -37,7 +37,7 @@ adapters and the projector), W the workers, b the micro-batch:
 
 The terms are summed, although gradients peak at the end of the backward and activations at its
 start: at micro-batch 1 the plan is above the measured peak by about the gradients (CogVideoX-2B
-on an H200: plan 33.0 GiB, peak 28.8), and at large micro-batches it converges on it from above.
+on an H200: plan 33.4 GiB, peak 28.8), and it stays above it (by 8.4 GiB at micro-batch 24).
 
 FSDP2 shards each parameter along dim 0 into W chunks of ceil(rows / W) rows, padded to that
 size on every rank: the plan counts the padded chunk (rank 0's share, the largest).
