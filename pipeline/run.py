@@ -133,16 +133,20 @@ def start_ray(address: Optional[str]) -> tuple[bool, float]:
     from tsa.models.cache import cache_root
 
     quiet_ray_loggers()
-    if address not in (None, "auto", "local"):
-        why = reachable(address) or refused(address)
+    # No --ray-address: RAY_ADDRESS (set by `ray job submit`) or a new local Ray, never a
+    # `ray start` cluster that happens to run on this machine (ray.init()'s own default).
+    submitted = address is None and os.environ.get("RAY_ADDRESS")
+    target = address or submitted or "local"
+    if target not in ("auto", "local"):  # a wrong address is named the way the user gave it
+        why = reachable(target) or refused(target)
         if why:
-            raise PreprocessError(f"--ray-address {address}: cannot reach the Ray cluster ({why})")
+            named = f"--ray-address {address}" if address else f"RAY_ADDRESS={target}"
+            raise PreprocessError(f"{named}: cannot reach the Ray cluster ({why})")
     try:
-        # No --ray-address: RAY_ADDRESS (set by `ray job submit`) or a new local Ray, never a
-        # `ray start` cluster that happens to run on this machine (ray.init()'s own default).
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": {"TSA_CACHE": str(cache_root())}} if address is None else None)
+        # The local cache only for a Ray started here: a submitted job keeps its own runtime_env.
+        ray.init(address=target, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": {"TSA_CACHE": str(cache_root())}} if address is None and not submitted
+                 else None)
     except Exception as e:  # AuthenticationError, ConnectionError, a wrong address: one clear line each
         ray.shutdown()
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -151,8 +155,8 @@ def start_ray(address: Optional[str]) -> tuple[bool, float]:
         hint = " (if the cluster uses token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or " \
                "RAY_AUTH_TOKEN_PATH to its token)" \
             if "auth" in f"{type(e).__name__} {e}".lower() or (address and isinstance(e, ConnectionError)) else ""
-        raise PreprocessError(f"--ray-address {address or '(local)'}: cannot connect to Ray: {type(e).__name__}: "
-                              f"{first[:300]}{hint}") from None
+        named = f"--ray-address {address}" if address else (f"RAY_ADDRESS={target}" if submitted else "a local Ray")
+        raise PreprocessError(f"{named}: cannot connect to Ray: {type(e).__name__}: {first[:300]}{hint}") from None
     return True, time.perf_counter() - t0
 
 

@@ -251,6 +251,25 @@ def test_unreachable_cluster_is_a_quick_error_before_writing(tmp_path, tiny_cfg)
     assert not (tmp_path / "out").exists()
 
 
+def test_an_unreachable_ray_address_from_the_environment_is_named_as_such(tmp_path, tiny_cfg, monkeypatch):
+    """As train and sample do: RAY_ADDRESS (as `ray job submit` sets it, here wrong) is checked
+    before ray.init's own retries, and the error names the variable, not --ray-address."""
+    import time
+
+    import ray
+
+    from tsa.pipeline.run import PreprocessError, run_preprocess
+    from tsa.testing.sample_clips import make_sample_clips
+
+    clips = make_sample_clips(tmp_path / "clips", n=1, seed=1, broken=False)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    start = time.monotonic()
+    with pytest.raises(PreprocessError, match=r"^RAY_ADDRESS=127\.0\.0\.1:9: cannot reach the Ray cluster \("):
+        run_preprocess(clips, tmp_path / "out", tiny_cfg)
+    assert time.monotonic() - start < 20 and not ray.is_initialized()
+    assert not (tmp_path / "out").exists()
+
+
 def test_retry_and_overwrite_exclude_each_other(tmp_path, tiny_cfg):
     from tsa.pipeline.run import PreprocessError, run_preprocess
     from tsa.testing.sample_clips import make_sample_clips
@@ -323,16 +342,21 @@ def test_no_ray_address_means_ray_address_env_or_a_new_local_ray(monkeypatch):
 
     from tsa.pipeline.run import start_ray
 
+    import tsa.cluster.connect as connect_module
+
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw["address"]))
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append((kw["address"], kw["runtime_env"] is not None)))
+    monkeypatch.setattr(connect_module, "reachable", lambda target: None)  # 10.0.0.9 answers, say
+    monkeypatch.setattr(connect_module, "refused", lambda target: None)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     start_ray(None)
     start_ray("local")
     start_ray("auto")
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
     start_ray(None)
-    assert calls == ["local", "local", "auto", "10.0.0.9:6379"]
+    # The machine's TSA_CACHE goes only to a Ray started here; a submitted job keeps its own runtime_env.
+    assert calls == [("local", True), ("local", False), ("auto", False), ("10.0.0.9:6379", False)]
 
 
 def test_the_progress_tick_runs_while_rows_flow_and_while_waiting():
