@@ -23,7 +23,6 @@ beside the measured peak, and the micro-batches are 1, 2 and the largest the pla
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import sys
