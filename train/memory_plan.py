@@ -36,8 +36,8 @@ adapters and the projector), W the workers, b the micro-batch:
                  checkpointing every block keeps those intermediates
 
 The terms are summed, although gradients peak at the end of the backward and activations at its
-start: at micro-batch 1 the plan is above the measured peak by about the gradients (CogVideoX-2B
-on an H200: plan 33.4 GiB, peak 28.8), and it stays above it (by 8.4 GiB at micro-batch 24).
+start: so the plan is above the measured peak (CogVideoX-2B on an H200: plan 33.4 GiB against a
+28.8 GiB peak at micro-batch 1, 132.8 against 124.4 at micro-batch 24).
 
 FSDP2 shards each parameter along dim 0 into W chunks of ceil(rows / W) rows, padded to that
 size on every rank: the plan counts the padded chunk (rank 0's share, the largest).
