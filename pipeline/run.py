@@ -504,27 +504,21 @@ def _abort_writers(ray_module, writers: list) -> None:
 def _retry_rows(shards_dir: str, items: list[ClipItem], done: set[int], sps: int
                 ) -> tuple[list[ClipItem], list[int]]:
     """--retry-failed: the failed items of finished shards, and those shards (to be rebuilt).
-    The markers are read from `shards_dir` (the output's shards/ folder or URL) 256 at a time (a
+    The markers are read from `shards_dir` (the output's shards/ folder or URL) a chunk at a time (a
     bucket's concurrently) and dropped: the writers read their kept shards' markers themselves."""
-    import json
-
-    from tsa.shards.layout import shard_name
-    from tsa.shards.storage import join, open_store
+    from tsa.shards.reader import read_markers
+    from tsa.shards.storage import open_store
 
     by_index = {it.index: it for it in items}
     redo: list[ClipItem] = []
     keep: list[int] = []
-    order = sorted(done)
     store = open_store(shards_dir)
     try:
-        for a in range(0, len(order), 256):
-            ids = order[a:a + 256]
-            for s, raw in zip(ids, store.read_many([join(shards_dir, f"{shard_name(s)}.json") for s in ids])):
-                rows = json.loads(raw)["rows"]
-                failed = [s * sps + i for i, r in enumerate(rows) if r["status"] == "failed"]
-                if failed:
-                    keep.append(s)
-                    redo += [by_index[i] for i in failed]
+        for s, marker in read_markers(store, shards_dir, sorted(done)):
+            failed = [s * sps + i for i, r in enumerate(marker["rows"]) if r["status"] == "failed"]
+            if failed:
+                keep.append(s)
+                redo += [by_index[i] for i in failed]
     finally:
         store.close()
     return redo, keep

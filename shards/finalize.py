@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import numpy as np
 
 from tsa.shards.layout import MANIFEST, MANIFEST_COLUMNS, MASKS, SHARDS_DIR, shard_name
-from tsa.shards.reader import SampleRef, decode_member, read_entry
+from tsa.shards.reader import SampleRef, decode_member, read_entry, read_markers
 from tsa.shards.storage import Store, is_url, join, open_store
 
 MAPS = ["motion.npy", "mask.npy"]
@@ -92,15 +91,6 @@ def read_recorded(manifest: str, store: Store) -> Optional[dict[str, Any]]:
         return None
 
 
-def _iter_markers(store: Store, shards_dir: str, shards: list[int], chunk: int = 256):
-    """(shard, marker) for `shards` in order, read `chunk` at a time (a bucket's concurrently)."""
-    for a in range(0, len(shards), chunk):
-        ids = shards[a:a + chunk]
-        raws = store.read_many([join(shards_dir, f"{shard_name(s)}.json") for s in ids])
-        for s, raw in zip(ids, raws):
-            yield s, json.loads(raw)
-
-
 def _concat(pieces: list[Any]):
     """One table from per-shard tables: types promoted (null -> any, int -> float); a column whose
     types still clash (text in one CSV, numbers in another) becomes text, as one table built
@@ -158,7 +148,7 @@ def build(out: Path, num_shards: int, grid: tuple[int, int, int], store: Store, 
         old_rows = {int(s): (int(a), int(c)) for s, a, c in src["shard_rows"][()]}
         shard_col = old_table["shard"].to_numpy()
         old_bounds = (shard_col, old_table)
-    fresh = _iter_markers(store, shards_dir, [s for s in range(num_shards) if s not in reuse])
+    fresh = read_markers(store, shards_dir, [s for s in range(num_shards) if s not in reuse])
     rows_of = []
     with h5py.File(tmp, "w") as h5:
         keys = h5.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"),

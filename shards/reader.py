@@ -46,6 +46,19 @@ class NotUsable(ValueError):
 REQUIRED_KEYS = ["format_version", "geometry", "latents", "teacher_dtype", "mask_ratio", "members"]
 
 
+
+def read_markers(store: Store, shards_dir: str, shards: Sequence[int],
+                 parse: Optional[Callable[[int, bytes], dict[str, Any]]] = None,
+                 chunk: int = 256) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(shard, marker) for `shards` in the given order, read from `shards_dir` `chunk` at a time
+    (a bucket's concurrently) and not kept: memory holds one chunk, whatever the output's size.
+    `parse(shard, raw)`: how a marker is read (default: plain JSON)."""
+    for a in range(0, len(shards), chunk):
+        ids = shards[a:a + chunk]
+        raws = store.read_many([join(shards_dir, f"{shard_name(s)}.json") for s in ids])
+        for s, raw in zip(ids, raws):
+            yield s, parse(s, raw) if parse is not None else json.loads(raw)
+
 @dataclass(frozen=True)
 class SampleRef:
     """One sample of a complete shard: where its members are, from the shard's marker."""
@@ -184,9 +197,8 @@ class OutputInfo:
     def load_markers(self) -> list[dict[str, Any]]:
         """Every complete shard's marker, in shard order (remote ones fetched concurrently)."""
         missing = [s for s in self.shard_ids if s not in self._markers]
-        paths = [join(self.root, SHARDS_DIR, f"{shard_name(s)}.json") for s in missing]
-        for shard, raw in zip(missing, self.store.read_many(paths)):
-            self._markers[shard] = self._parse_marker(shard, raw)
+        self._markers.update(read_markers(self.store, join(self.root, SHARDS_DIR), missing, self._parse_marker,
+                                          chunk=max(1, len(missing))))
         return [self._markers[s] for s in self.shard_ids]
 
     def marker(self, shard: int) -> dict[str, Any]:
@@ -207,13 +219,10 @@ class OutputInfo:
         concurrently) and not kept: memory holds one chunk of markers, whatever the output's size."""
         for a in range(0, len(self.shard_ids), chunk):
             ids = self.shard_ids[a:a + chunk]
-            cached = [s for s in ids if s in self._markers]
-            todo = [s for s in ids if s not in self._markers]
-            raws = self.store.read_many([join(self.root, SHARDS_DIR, f"{shard_name(s)}.json") for s in todo])
-            got = {s: self._parse_marker(s, raw) for s, raw in zip(todo, raws)}
-            got.update({s: self._markers[s] for s in cached})
+            got = dict(read_markers(self.store, join(self.root, SHARDS_DIR), [s for s in ids if s not in self._markers],
+                                    self._parse_marker, chunk))
             for s in ids:
-                yield s, got[s]
+                yield s, got[s] if s in got else self._markers[s]
 
     def check_sizes(self, visit: Optional[Callable[[int, dict[str, Any]], None]] = None) -> None:
         """DataError naming every shard whose tar is shorter than the end of the last member its

@@ -161,8 +161,8 @@ def test_finalize_reads_nothing_when_no_shard_changed_and_only_the_changed_shard
     out = make_synthetic_dataset(tmp_path / "out", cfg, n=9, seed=3, n_failed=2)  # finalized once
     grid = tuple(cfg.geometry.teacher_grid)
     manifest = (out / "manifest.parquet").read_bytes()
-    real_markers, real_read = fin._iter_markers, fin._read_maps
-    monkeypatch.setattr(fin, "_iter_markers", lambda *a: pytest.fail("a marker was read"))
+    real_markers, real_read = fin.read_markers, fin._read_maps
+    monkeypatch.setattr(fin, "read_markers", lambda *a: pytest.fail("a marker was read"))
     monkeypatch.setattr(fin, "_read_maps", lambda *a: pytest.fail("a sample was read"))
     report = {}
     counts = fin.finalize(out, 3, grid, report=report)
@@ -183,7 +183,7 @@ def test_finalize_reads_nothing_when_no_shard_changed_and_only_the_changed_shard
             w.add({**{k: v for k, v in row.items() if k != "shard"}, "status": "failed", "error": "gone"})
     w.close()
     seen = []
-    monkeypatch.setattr(fin, "_iter_markers", lambda store, d, shards: seen.append(list(shards)) or
+    monkeypatch.setattr(fin, "read_markers", lambda store, d, shards: seen.append(list(shards)) or
                         real_markers(store, d, shards))
     monkeypatch.setattr(fin, "_read_maps", real_read)
     counts = fin.finalize(out, 3, grid, report=report)
@@ -193,7 +193,7 @@ def test_finalize_reads_nothing_when_no_shard_changed_and_only_the_changed_shard
     shutil.copytree(out, full)
     (full / "manifest.parquet").unlink()
     (full / "masks.h5").unlink()
-    monkeypatch.setattr(fin, "_iter_markers", real_markers)
+    monkeypatch.setattr(fin, "read_markers", real_markers)
     fin.finalize(full, 3, grid)
     assert pq.read_table(out / "manifest.parquet").equals(pq.read_table(full / "manifest.parquet"))
     assert (out / "manifest.parquet").read_bytes() == (full / "manifest.parquet").read_bytes()
