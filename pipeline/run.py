@@ -122,42 +122,21 @@ def _check_gpus(cfg: Config, ray_module) -> None:
 
 
 def start_ray(address: Optional[str]) -> tuple[bool, float]:
-    """Connect to (or start) Ray. Returns (started_here, seconds). A cluster that cannot be
-    reached or refuses us is a PreprocessError within seconds, before anything is written."""
-    import ray
-
-    t0 = time.perf_counter()
-    if ray.is_initialized():
-        return False, 0.0
-    from tsa.cluster.connect import quiet_ray_loggers, reachable, refused
+    """Connect to (or start) Ray through cluster/connect.py, as train and sample do. Returns
+    (started_here, seconds). A cluster that cannot be reached or refuses us is a PreprocessError
+    (one line) within seconds, before anything is written."""
+    from tsa.cluster.connect import RayConnectError, connect
     from tsa.models.cache import cache_root
 
-    quiet_ray_loggers()
-    # No --ray-address: RAY_ADDRESS (set by `ray job submit`) or a new local Ray, never a
-    # `ray start` cluster that happens to run on this machine (ray.init()'s own default).
-    submitted = address is None and os.environ.get("RAY_ADDRESS")
-    target = address or submitted or "local"
-    if target not in ("auto", "local"):  # a wrong address is named the way the user gave it
-        why = reachable(target) or refused(target)
-        if why:
-            named = f"--ray-address {address}" if address else f"RAY_ADDRESS={target}"
-            raise PreprocessError(f"{named}: cannot reach the Ray cluster ({why})")
+    t0 = time.perf_counter()
+    # The machine's cache only for a Ray started here: a submitted job keeps its own runtime_env.
+    local = address is None and not os.environ.get("RAY_ADDRESS")
     try:
-        # The local cache only for a Ray started here: a submitted job keeps its own runtime_env.
-        ray.init(address=target, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": {"TSA_CACHE": str(cache_root())}} if address is None and not submitted
-                 else None)
-    except Exception as e:  # AuthenticationError, ConnectionError, a wrong address: one clear line each
-        ray.shutdown()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        # Ray reports a refused token as AuthenticationError, or (after ~20 s of retries) as a
-        # ConnectionError whose cause is only in its native log lines.
-        hint = " (if the cluster uses token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or " \
-               "RAY_AUTH_TOKEN_PATH to its token)" \
-            if "auth" in f"{type(e).__name__} {e}".lower() or (address and isinstance(e, ConnectionError)) else ""
-        named = f"--ray-address {address}" if address else (f"RAY_ADDRESS={target}" if submitted else "a local Ray")
-        raise PreprocessError(f"{named}: cannot connect to Ray: {type(e).__name__}: {first[:300]}{hint}") from None
-    return True, time.perf_counter() - t0
+        started = connect(address, log_to_driver=False,
+                          runtime_env={"env_vars": {"TSA_CACHE": str(cache_root())}} if local else None)
+    except RayConnectError as e:
+        raise PreprocessError(str(e)) from None
+    return started, (time.perf_counter() - t0) if started else 0.0
 
 
 def configure_ray_data() -> None:
