@@ -365,9 +365,11 @@ def test_the_progress_tick_runs_while_rows_flow_and_while_waiting():
 
     ticks = []
 
-    def rows():
-        for i in range(3):
-            time.sleep(0.3)
+    def rows():  # each row comes only after two ticks ran while it was awaited (not a sleep: on a
+        for i in range(3):  # loaded machine a sleep's worth of ticks can be starved)
+            seen = len(ticks)
+            while len(ticks) < seen + 2:
+                time.sleep(0.01)
             yield i
 
     assert list(iter_with_watchdog(rows(), 10, str, tick=lambda: ticks.append(time.monotonic()), tick_s=0.1)) == \
