@@ -2,7 +2,10 @@
 test loads them through the same code that loads real weights."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -45,12 +48,15 @@ def xdist_scope(nodeid: str) -> str:
 
 
 # The longest scopes first (measured with --durations), so that the two workers do not end on
-# one long test each while the other waits; then every other module in collection order.
-LONGEST_FIRST = ("tests/test_train_cluster.py", "tests/test_pipeline_runtime_ray.py", "tests/test_preprocess_s3.py",
-                 "tests/test_families.py", "tests/test_train_ddp.py", "tests/test_pipeline_node_loss.py",
-                 "tests/test_train_node_loss.py", "tests/test_pipeline_cluster.py", "tests/test_pipeline_preprocess.py",
-                 "tests/test_sample_workers.py", "tests/test_family_wan.py", "tests/test_teachers.py",
-                 "tests/test_train_ray.py", "tests/test_storage.py")
+# one long test each while the other waits; among them, the modules that share the worker's Ray
+# (`ray_local`) come together, so that it is started about once per worker rather than once per
+# module; then every other module in collection order.
+LONGEST_FIRST = ("tests/test_preprocess_s3.py", "tests/test_pipeline_runtime_ray.py", "tests/test_family_wan.py",
+                 "tests/test_train_cluster.py", "tests/test_families.py", "tests/test_pipeline_preprocess.py",
+                 "tests/test_teachers.py", "tests/test_train_ddp.py", "tests/test_pipeline_sources.py",
+                 "tests/test_sample_workers.py", "tests/test_pipeline_cluster.py", "tests/test_pipeline_node_loss.py",
+                 "tests/test_train_node_loss.py", "tests/test_storage.py", "tests/test_train_fsdp_memory.py",
+                 "tests/test_train_validate.py", "tests/test_train_ray.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -90,19 +96,157 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
+# ---- preprocess outputs built once per run ---------------------------------------------------------
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory):
+    """A folder of the whole run, seen by every xdist worker (the run's base temp folder)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+@contextlib.contextmanager
+def built_once(folder: Path):
+    """Yields True to the one process (of all xdist workers) that must build `folder`, False to
+    the others, which wait on a file lock until it is built. A build that fails leaves no `done`
+    mark, so the next caller builds it again."""
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = folder.parent / f"{folder.name}.done"
+        build = not done.exists()
+        if build and folder.exists():
+            shutil.rmtree(folder)
+        yield build
+        if build:
+            done.touch()
+
+
+REFERENCE_OPTS = ["preprocess.samples_per_shard=2"]  # 12 inputs -> 6 shards: room to kill between two
+
+
 @pytest.fixture(scope="module")
-def ray_local():
-    """One fresh local Ray (2 CPUs) for a test module: never a cluster some other process
-    started on this machine; the actors see the session's TSA_CACHE."""
+def reference_output(shared_dir):
+    """One tiny-config preprocess of 5 clips and every broken kind (12 inputs, 6 shards), made
+    once per run and shared read-only by test_pipeline_preprocess.py and test_preprocess_s3.py:
+    (clips folder, output folder, its RunResult). The caller provides a running Ray."""
+    from dataclasses import asdict
+
+    from tsa.configs import load_config
+    from tsa.pipeline.run import RunResult, run_preprocess
+    from tsa.testing.sample_clips import make_sample_clips
+
+    clips, out, result = shared_dir / "reference_clips", shared_dir / "reference_out", shared_dir / "reference.json"
+    with built_once(clips) as build:
+        if build:
+            make_sample_clips(clips, n=5, seed=2, broken=True)
+    with built_once(out) as build:
+        if build:
+            done = run_preprocess(clips, out, load_config("tiny", REFERENCE_OPTS))
+            result.write_text(json.dumps(asdict(done), default=str))
+    return clips, out, RunResult(**json.loads(result.read_text()))
+
+
+# ---- one local Ray per test process ----------------------------------------------------------------
+# Starting Ray costs ~4 CPU-seconds and its first Ray Data run ~4 more (Ray Data's own actors);
+# the decode workers of a run are reused by the next run of the same driver. So every module
+# that asks for `ray_local` shares one Ray, started by the first of them and kept until the
+# session ends; a module that does not ask for it (its own cluster, fake GPUs, a CLI that must
+# start and stop its own Ray) runs with none up.
+_SHARED_RAY = {"up": False}
+
+
+def stop_shared_ray() -> None:
+    if _SHARED_RAY["up"]:
+        import ray
+
+        ray.shutdown()
+        _SHARED_RAY["up"] = False
+
+
+def _module_asks_for(request, name: str) -> bool:
+    return any(name in item.fixturenames for item in request.session.items
+               if getattr(item, "module", None) is request.module)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_ray_only_where_asked(request):
+    if not _module_asks_for(request, "ray_local"):
+        stop_shared_ray()
+    yield
+
+
+@pytest.fixture(scope="session")
+def _ray_hooks_file(tmp_path_factory):
+    path = tmp_path_factory.getbasetemp() / "ray_hooks.json"  # per xdist worker, as its Ray is
+    path.write_text("{}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_local(_ray_hooks_file):
+    """The test process's local Ray (2 CPUs): never a cluster some other process started on this
+    machine. Its workers see the session's TSA_CACHE and the fault file of `ray_hooks`. Shared by
+    every module that asks for it (see above): tests leave it running."""
     import ray
 
-    started = not ray.is_initialized()
-    if started:
+    if not (_SHARED_RAY["up"] and ray.is_initialized()):
+        stop_shared_ray()
+        assert not ray.is_initialized(), "a Ray of another kind is still up"
+        env = {"TSA_CACHE": os.environ["TSA_CACHE"], "TSA_TEST_HOOKS": str(_ray_hooks_file)}
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"]}})
-    yield
-    if started:
-        ray.shutdown()
+                 runtime_env={"env_vars": env})
+        _SHARED_RAY["up"] = True
+    yield ray
+
+
+@pytest.fixture(scope="module")
+def ray_own():
+    """A local Ray of the module's own (2 CPUs), started after the module's other fixtures set
+    their environment (a moto server's AWS_* variables: Ray's workers inherit the raylet's
+    environment, as on a real cluster), and shut down at the module's end."""
+    import ray
+
+    assert not ray.is_initialized()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"]}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_hooks(ray_local, _ray_hooks_file):
+    """The shared Ray's fault file (pipeline/hooks.py, read at each use): a module writes the
+    faults it wants between runs; it is emptied again when the module ends."""
+    _ray_hooks_file.write_text("{}")
+    yield _ray_hooks_file
+    _ray_hooks_file.write_text("{}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    stop_shared_ray()
+    _fail_on_unexpected_skips(session)
+
+
+def pytest_configure(config):
+    """Compile tsa's modules once. Where PYTHONDONTWRITEBYTECODE=1 is set (as on the development
+    machine) nothing writes them, and each of the hundreds of Ray workers and subprocesses the
+    suite starts would compile every tsa module it imports again (0.1-0.3 CPU-seconds each)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # the controller did it before starting the workers
+    import compileall
+
+    import tsa
+
+    root = Path(tsa.__file__).resolve().parent
+    for path in sorted(root.iterdir()):
+        if path.is_dir() and (path / "__init__.py").is_file() and path.name not in ("tests", "tmp"):
+            compileall.compile_dir(str(path), quiet=1)
+        elif path.suffix == ".py":
+            compileall.compile_file(str(path), quiet=1)
 
 
 # ---- the skip policy (tests/allowed_skips.txt) ---------------------------------------------------
@@ -144,7 +288,7 @@ def unexpected_skips(skips: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(nodeid, reason) for nodeid, reason in skips if not any(text in reason for text in allowed)]
 
 
-def pytest_sessionfinish(session, exitstatus):
+def _fail_on_unexpected_skips(session) -> None:
     ok = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
     if _strict() and unexpected_skips(_skips) and session.exitstatus in ok:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -239,7 +239,10 @@ def test_preprocess_writes_the_family_geometry_and_view_draws_it(family):
 def test_train_then_sample(family, lora, tmp_path):
     run = tmp_path / "run"
     # LoRA adapters, or the full transformer with validation videos at step 2.
-    extra = ["-o", "train.lora.rank=4"] if lora else ["-o", "train.validate_every=2", "-o", "train.validation_steps=2"]
+    one_prompt = tmp_path / "validation.txt"  # one video shows the geometry (not the 8 bundled prompts)
+    one_prompt.write_text("a ball rolls across the table\n")
+    extra = ["-o", "train.lora.rank=4"] if lora else ["-o", "train.validate_every=2", "-o", "train.validation_steps=2",
+                                                       "-o", f"train.validation_prompts={one_prompt}"]
     code, output = _cli("train", "--shards", family.shards, "--out", run, "--config", family.name,
                         "--max-steps", 2, *extra)
     assert code == 0, output

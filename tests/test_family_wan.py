@@ -285,7 +285,10 @@ def test_preprocess_writes_wan_latents_and_text_and_view_draws_them(wan_shards, 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_train_then_sample(wan_shards, lora, tmp_path):
     run = tmp_path / "run"
-    extra = ["-o", "train.lora.rank=4"] if lora else ["-o", "train.validate_every=2", "-o", "train.validation_steps=2"]
+    one_prompt = tmp_path / "validation.txt"  # one video shows the geometry (not the 8 bundled prompts)
+    one_prompt.write_text("a ball rolls across the table\n")
+    extra = ["-o", "train.lora.rank=4"] if lora else ["-o", "train.validate_every=2", "-o", "train.validation_steps=2",
+                                                       "-o", f"train.validation_prompts={one_prompt}"]
     code, output = _cli("train", "--shards", wan_shards.shards, "--out", run, "--config", "tiny_wan21",
                         "--max-steps", 2, *extra)
     assert code == 0, output

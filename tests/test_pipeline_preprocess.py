@@ -1,8 +1,10 @@
 """`tsa preprocess` end to end on CPU with the tiny config: one reference run, checks of its
 arrays against direct model calls, a rerun, config mismatch, and a SIGKILL + resume.
 
-Ray starts once for the module (num_cpus=2); the killed run is a real `tsa` subprocess with
-its own Ray, killed with SIGKILL together with every process of its session.
+The reference output is the run's shared one (conftest.py `reference_output`, also compared
+against by test_preprocess_s3.py); the other runs use the worker's shared Ray. The killed run is
+a real `tsa` subprocess with its own Ray, killed with SIGKILL together with every process of its
+session.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import REFERENCE_OPTS
 from processes import kill_session
 import torch
 from PIL import Image
@@ -26,15 +29,15 @@ from PIL import Image
 from tsa.pipeline.decode import decode_clip, frame_indices
 from tsa.shards.reader import iter_shard_paths, open_output, read_sample
 from tsa.pipeline.run import run_preprocess
-from tsa.testing.sample_clips import BROKEN, make_sample_clips
+from tsa.testing.sample_clips import BROKEN
 
 pytestmark = pytest.mark.slow
-SPS = ["preprocess.samples_per_shard=2"]  # 12 inputs -> 6 shards: room to kill between two of them
+SPS = REFERENCE_OPTS  # 12 inputs -> 6 shards: room to kill between two of them
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory):
-    return make_sample_clips(tmp_path_factory.mktemp("clips"), n=5, seed=2, broken=True)
+def clips(reference_output):
+    return reference_output[0]
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +48,9 @@ def cfg():
 
 
 @pytest.fixture(scope="module")
-def ref(ray_local, clips, cfg, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref") / "out"
-    result = run_preprocess(clips, out, cfg)
-    return out, result
+def ref(ray_local, reference_output):
+    """The run's one reference output (conftest.py), shared read-only: (out, its RunResult)."""
+    return reference_output[1], reference_output[2]
 
 
 def test_statuses_and_reasons(ref):
@@ -117,15 +119,20 @@ def test_arrays_equal_direct_model_calls(ref, cfg, clips):
     assert s["latent.npy"].astype(np.float32).std() > 0 and s["text.npy"].astype(np.float32).std() > 0
 
 
-def test_rerun_does_nothing_and_other_config_is_refused(ref, clips, cfg):
+def test_rerun_does_nothing_and_other_config_is_refused(ref, clips, cfg, tmp_path):
+    import shutil
+
     from tsa.configs import load_config
     from tsa.shards.dataset_info import OutputMismatch
 
-    out, _ = ref
+    out = tmp_path / "out"  # a copy: the reference is read by other modules meanwhile
+    shutil.copytree(ref[0], out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     again = run_preprocess(clips, out, cfg)
     assert again.processed == 0 and again.shards_done_before == 6 and again.counts["ok"] == 5
     with pytest.raises(OutputMismatch, match="preprocess.latents: 'sample' -> 'moments'"):
         run_preprocess(clips, out, load_config("tiny", SPS + ["preprocess.latents=moments"]))
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_cli_errors_exit_2(ref, clips, tmp_path):

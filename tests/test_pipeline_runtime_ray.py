@@ -4,8 +4,8 @@ exit status follows preprocess.max_failed_fraction; --retry-failed repairs the o
 to the bytes of a clean run; the storage check names the node and the path; Ray's noise stays
 out of a healthy run's output.
 
-Faults come through pipeline/hooks.py: a hooks file named by TSA_TEST_HOOKS in the Ray
-workers' environment, edited between runs of the one Ray instance of this module.
+Faults come through pipeline/hooks.py: the shared Ray's hooks file (conftest's `ray_hooks`,
+named by TSA_TEST_HOOKS in its workers' environment), edited between runs.
 """
 from __future__ import annotations
 
@@ -27,24 +27,6 @@ OPTS = ["preprocess.samples_per_shard=2", "preprocess.decode.timeout_s=20"]
 
 
 @pytest.fixture(scope="module")
-def hooks(tmp_path_factory):
-    path = tmp_path_factory.mktemp("hooks") / "hooks.json"
-    path.write_text("{}")
-    return path
-
-
-@pytest.fixture(scope="module")
-def ray_local(hooks):
-    import ray
-
-    assert not ray.is_initialized()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"], "TSA_TEST_HOOKS": str(hooks)}})
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     return make_sample_clips(tmp_path_factory.mktemp("clips"), n=3, seed=1, broken=False)  # landscape portrait tiny
 
@@ -57,10 +39,10 @@ def cfg():
 
 
 @pytest.fixture(scope="module")
-def clean(ray_local, hooks, clips, cfg, tmp_path_factory):
+def clean(ray_local, ray_hooks, clips, cfg, tmp_path_factory):
     """One fault-free run of `clips`, shared read-only: the reference the repaired output must
     equal, and the rows and progress counts it reported as it went."""
-    hooks.write_text("{}")
+    ray_hooks.write_text("{}")
     out = tmp_path_factory.mktemp("clean") / "out"
     seen, rows = [], []
     result = run_preprocess(clips, out, cfg, on_row=rows.append,
@@ -68,8 +50,8 @@ def clean(ray_local, hooks, clips, cfg, tmp_path_factory):
     return out, result, rows, seen
 
 
-def test_faults_fail_their_clips_then_retry_failed_repairs_in_place(ray_local, hooks, clips, cfg, clean, tmp_path):
-    hooks.write_text(json.dumps({"hang_decode": "landscape.mp4", "raise_stage": "vae:portrait"}))
+def test_faults_fail_their_clips_then_retry_failed_repairs_in_place(ray_local, ray_hooks, clips, cfg, clean, tmp_path):
+    ray_hooks.write_text(json.dumps({"hang_decode": "landscape.mp4", "raise_stage": "vae:portrait"}))
     out = tmp_path / "out"
     first = run_preprocess(clips, out, cfg)
     errors = {r["key"]: (r["status"], r["error"]) for r in open_output(out).rows()}
@@ -79,7 +61,7 @@ def test_faults_fail_their_clips_then_retry_failed_repairs_in_place(ray_local, h
     assert errors["tiny"] == ("ok", None)
     assert first.counts["failed"] == 2 and first.too_many_failed  # 2 of 3 > 0.5
 
-    hooks.write_text("{}")  # the inputs are "fixed"
+    ray_hooks.write_text("{}")  # the inputs are "fixed"
     again = run_preprocess(clips, out, cfg)  # a plain rerun leaves finished shards alone
     assert again.processed == 0 and again.too_many_failed
     assert again.finalize_rebuilt == 0  # nothing changed: no marker or sample read to finalize
@@ -88,7 +70,7 @@ def test_faults_fail_their_clips_then_retry_failed_repairs_in_place(ray_local, h
     # not published again (same tar, same marker, nothing uploaded), and finalize reads nothing.
     marker0 = out / "shards" / "shard-000000.json"
     before = (marker0.stat().st_mtime_ns, marker0.read_bytes())
-    hooks.write_text(json.dumps({"hang_decode": "landscape.mp4", "raise_stage": "vae:portrait"}))
+    ray_hooks.write_text(json.dumps({"hang_decode": "landscape.mp4", "raise_stage": "vae:portrait"}))
     same = run_preprocess(clips, out, cfg, retry_failed=True)
     assert same.retried == 2
     if json.loads(marker0.read_bytes())["rows"] == json.loads(before[1])["rows"]:
@@ -98,7 +80,7 @@ def test_faults_fail_their_clips_then_retry_failed_repairs_in_place(ray_local, h
     else:  # a machine so loaded that portrait's decode missed its 20 s deadline too: another reason
         assert same.shards_written == 1 and same.shards_unchanged == 0
 
-    hooks.write_text("{}")
+    ray_hooks.write_text("{}")
     fixed = run_preprocess(clips, out, cfg, retry_failed=True)
     assert fixed.retried == 2 and fixed.processed == 2 and fixed.counts == {"ok": 3, "failed": 0, "skipped": 0,
                                                                             "masks": 3}
@@ -117,12 +99,12 @@ def test_faults_fail_their_clips_then_retry_failed_repairs_in_place(ray_local, h
     assert sorted(p.name for p in (out / "shards").iterdir()) == sorted(p.name for p in (ref / "shards").iterdir())
 
 
-def test_every_clip_failed_exits_1_with_reasons(ray_local, hooks, tmp_path):
+def test_every_clip_failed_exits_1_with_reasons(ray_local, ray_hooks, tmp_path):
     from typer.testing import CliRunner
 
     from tsa.cli import app
 
-    hooks.write_text("{}")
+    ray_hooks.write_text("{}")
     src = make_sample_clips(tmp_path / "broken", n=0, broken=True)
     args = ["preprocess", "--src", str(src), "--out", str(tmp_path / "out"), "--config", "tiny", "--no-progress"]
     res = CliRunner().invoke(app, args)
@@ -158,13 +140,13 @@ def test_healthy_cli_run_prints_the_plan_and_no_ray_noise(tmp_path):
     assert "core_worker.cc" not in text and "Token authentication" not in text, text
 
 
-def test_a_stalled_run_stops_with_a_message_naming_what_waits(ray_local, hooks, clips, tmp_path):
+def test_a_stalled_run_stops_with_a_message_naming_what_waits(ray_local, ray_hooks, clips, tmp_path):
     """The state a lost node leaves (the restarted actors hold the CPUs the decode tasks need),
     made on purpose: decode tasks ask for both CPUs of the node, the actor pools for 0.75."""
     from tsa.configs import load_config
     from tsa.pipeline.run import RunStalled, _running_executors
 
-    hooks.write_text("{}")
+    ray_hooks.write_text("{}")
     # Nothing can ever run here, so a short stall timeout stops it as surely as a long one.
     cfg = load_config("tiny", OPTS + ["preprocess.decode.num_cpus=2", "preprocess.stall_timeout_s=12"])
     with pytest.raises(RunStalled) as e:

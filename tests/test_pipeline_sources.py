@@ -284,7 +284,7 @@ def test_csv_reading_keeps_types_and_odd_cells(tmp_path):
 
 
 @pytest.mark.slow
-def test_openvid_root_with_sample_runs_and_reruns_as_a_resume(tmp_path):
+def test_openvid_root_with_sample_runs_and_reruns_as_a_resume(tmp_path, ray_local):
     """`tsa preprocess --src ROOT --sample N --where ...` on OpenVid's download layout: the
     chosen list goes to OUT/subset.txt, a phone clip comes out upright, and the same command
     (or --subset OUT/subset.txt) again resumes instead of being refused."""

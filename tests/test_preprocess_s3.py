@@ -12,17 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import REFERENCE_OPTS
 from processes import kill_session
 from typer.testing import CliRunner
 
 from tsa.cli import app
 from tsa.pipeline.run import PreprocessError, run_preprocess
-from tsa.testing.sample_clips import make_sample_clips
 
 import s3_server  # tests/s3_server.py; s3fs and moto[server] come with the dev extra: a missing one fails
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
-SPS = ["preprocess.samples_per_shard=2"]
+SPS = REFERENCE_OPTS
 BUCKET = "tsa-out"
 
 
@@ -36,8 +36,8 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory):
-    return make_sample_clips(tmp_path_factory.mktemp("clips"), n=5, seed=2, broken=True)
+def clips(reference_output):
+    return reference_output[0]
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,9 @@ def cfg():
 
 
 @pytest.fixture(scope="module")
-def local_ref(ray_local, clips, cfg, tmp_path_factory):
-    out = tmp_path_factory.mktemp("local") / "out"
-    run_preprocess(clips, out, cfg)
-    return out
+def local_ref(server, ray_own, reference_output):
+    """The run's shared local output of these clips and this config (conftest.py), read-only."""
+    return reference_output[1]
 
 
 def objects(server, url: str) -> dict[str, bytes]:

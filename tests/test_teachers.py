@@ -199,10 +199,8 @@ def test_vjepa2_load_errors(vjepa_cfg):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dinov2", "vjepa2"])
-def test_preprocess_train_view(kind, tmp_path, one_torch_thread):
+def test_preprocess_train_view(kind, tmp_path, one_torch_thread, ray_local):
     """`tsa preprocess` -> `tsa train` (2 steps) -> `tsa view` with each tiny transformers teacher."""
-    import ray
-
     from tsa.cli import app
     from tsa.pipeline.decode import decode_clip
     from tsa.shards.reader import open_output, read_sample
@@ -213,16 +211,8 @@ def test_preprocess_train_view(kind, tmp_path, one_torch_thread):
     clips = make_sample_clips(tmp_path / "clips", n=2, seed=4, broken=False)
     out = tmp_path / "out"
     runner = CliRunner()
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"]}})
-    try:
-        res = runner.invoke(app, ["preprocess", "--src", str(clips), "--out", str(out), "--config", f"tiny_{kind}",
-                                  "-o", "preprocess.samples_per_shard=1", "--no-progress"])
-    finally:
-        if started:
-            ray.shutdown()
+    res = runner.invoke(app, ["preprocess", "--src", str(clips), "--out", str(out), "--config", f"tiny_{kind}",
+                              "-o", "preprocess.samples_per_shard=1", "--no-progress"])
     assert res.exit_code == 0, res.output
     info = open_output(out)
     assert info.dataset["geometry"]["teacher_grid"] == [4, 4, 6] and info.dataset["geometry"]["teacher_dim"] == 32

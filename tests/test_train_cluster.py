@@ -24,6 +24,18 @@ def shards(tmp_path_factory):
     return make_synthetic_dataset(tmp_path_factory.mktemp("cluster") / "ds", load_config("tiny"), n=8, seed=3)
 
 
+STRAIGHT = ["--config", "tiny", "-o", "train.checkpoint_every=1", "-o", "train.keep_last=4"]
+
+
+@pytest.fixture(scope="module")
+def straight(shards, tmp_path_factory):
+    """The reference both strategies must equal step for step: 4 steps in this process."""
+    ref = tmp_path_factory.mktemp("straight") / "ref"
+    code, output = _cli("--shards", shards, "--out", ref, "--max-steps", 4, *STRAIGHT)
+    assert code == 0, output
+    return ref
+
+
 def _cli(*args):
     result = CliRunner().invoke(app, ["train", *map(str, args)])
     return result.exit_code, result.output + (result.stderr if result.stderr_bytes is not None else "")
@@ -36,22 +48,17 @@ def _losses(out):
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["fsdp2", "ddp"])
 def test_two_workers_from_relative_paths_resume_exactly_on_two_then_one_worker(shards, tmp_path, monkeypatch,
-                                                                               strategy):
+                                                                               strategy, straight, ray_local):
     """2 workers (relative --shards/--out, as the README writes them) for 2 steps, the same
     command again with --config and --resume to step 3, then 1 worker to step 4 (for FSDP2 from
     the sharded optimizer): every step equals a straight 4-step single-process run."""
-    ref = tmp_path / "ref"
-    common = ["--config", "tiny", "-o", "train.checkpoint_every=1", "-o", "train.keep_last=4"]
-    code, output = _cli("--shards", shards, "--out", ref, "--max-steps", 4, *common)
-    assert code == 0, output
-
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "ds").symlink_to(shards, target_is_directory=True)
     monkeypatch.chdir(tmp_path / "elsewhere")
     (tmp_path / "prompts.txt").write_text("a ball rolls across the table\n")
     validation = ["-o", "train.validate_every=2", "-o", "train.validation_steps=1",
                   "-o", f"train.validation_prompts={tmp_path / 'prompts.txt'}"]  # must not change the steps
-    args = ["--shards", "ds", "--out", "runs/x", "--strategy", strategy, *common, *validation]
+    args = ["--shards", "ds", "--out", "runs/x", "--strategy", strategy, *STRAIGHT, *validation]
     # As a user's terminal shows it (a process of its own: Ray's native lines go to fd 2): each
     # step once, tsa's own lines only, none of Ray's (controller, placement group, worker logs).
     done = subprocess.run([sys.executable, "-m", "tsa", "train", *map(str, args), "--workers", "2",
@@ -82,7 +89,7 @@ def test_two_workers_from_relative_paths_resume_exactly_on_two_then_one_worker(s
     for step in (2, 4):  # by 2 workers (FSDP2: every rank in each forward), then by 1
         videos = json.loads((run / "validation" / f"step-{step}" / "prompts.json").read_text())["videos"]
         assert [v["file"] for v in videos] == ["00_s42.mp4"]
-    want, got = _losses(ref), _losses(run)
+    want, got = _losses(straight), _losses(run)
     assert sorted(got) == [1, 2, 3, 4]
     for step in range(1, 5):
         assert got[step] == pytest.approx(want[step], rel=1e-4, abs=1e-6), step
@@ -114,7 +121,7 @@ def test_resume_accepts_the_runs_own_config_and_names_the_keys_of_another(shards
 
 
 @pytest.mark.slow
-def test_more_workers_than_the_cluster_has_is_a_clear_error_at_once(shards, tmp_path):
+def test_more_workers_than_the_cluster_has_is_a_clear_error_at_once(shards, tmp_path, ray_local):
     from tsa.train.launch import TrainError, check_workers
 
     assert check_workers(8, {"GPU": 8.0, "CPU": 96.0}) is True

@@ -23,7 +23,7 @@ def _one_torch_thread():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy, global_batch", [("ddp", 2), ("fsdp2", 4)])
-def test_two_ray_workers_match_one_worker(tmp_path, strategy, global_batch):
+def test_two_ray_workers_match_one_worker(tmp_path, strategy, global_batch, ray_local):
     from safetensors.torch import load_file
 
     shards = make_synthetic_dataset(tmp_path / "ds", load_config("tiny"), n=8, seed=2)

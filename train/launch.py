@@ -138,7 +138,8 @@ def _launch_ray(job: TrainJob, workers: int, strategy: str, ray_address: Optiona
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from tsa.train.ray_run import alive_nodes, console_actor, describe_failure, lost_nodes
+    from tsa.train.ray_run import alive_nodes, describe_failure, lost_nodes
+    from tsa.train.run_console import console_actor
 
     started = connect_ray(ray_address)
     try:

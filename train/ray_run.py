@@ -1,9 +1,9 @@
 """What a `tsa train` on Ray Train workers shows and decides on the driver:
 
-- `RunConsole`, a small actor on the driver's node: rank 0 sends its console lines (steps,
-  notices) there and the driver prints each once; every worker says which node it runs on, so
-  that an error names it. Nothing else of Ray's (controller logs, worker stderr) reaches the
-  console (`log_to_driver=False`); it stays in Ray's session logs.
+- `RunConsole` (train/run_console.py), a small actor on the driver's node: rank 0 sends its
+  console lines (steps, notices) there and the driver prints each once; every worker says which
+  node it runs on, so that an error names it. Nothing else of Ray's (controller logs, worker
+  stderr) reaches the console (`log_to_driver=False`); it stays in Ray's session logs.
 - `TsaFailurePolicy`, Ray Train's failure decision with one change: an error of the run itself
   (config, data, storage, non-finite loss, out of memory) stops at once instead of being retried
   `train.max_failures` times; a lost worker or node restarts the workers, which continue from
@@ -15,38 +15,9 @@ Imported only when workers run on Ray (it imports Ray Train's failure handling).
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Optional
 
 from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailureDecision
-
-
-class RunConsole:
-    """Lines from rank 0 and the workers' nodes, for the driver (a Ray actor, num_cpus=0)."""
-
-    def __init__(self):
-        self._lines: list[str] = []
-        self._nodes: dict[int, str] = {}
-        self._restarts = 0
-
-    def put(self, line: str) -> None:
-        self._lines.append(line)
-
-    def restarted(self, line: str) -> None:
-        self._restarts += 1
-        self._lines.append(line)
-
-    def hello(self, rank: int, node: str) -> None:
-        self._nodes[int(rank)] = node
-
-    def drain(self) -> list[str]:
-        lines, self._lines = self._lines, []
-        return lines
-
-    def nodes(self) -> dict[int, str]:
-        return dict(self._nodes)
-
-    def restarts(self) -> int:
-        return self._restarts
 
 
 def run_errors() -> tuple[type, ...]:
@@ -202,13 +173,3 @@ def alive_nodes() -> dict[str, str]:
 
     return {n["NodeID"]: f"{n.get('NodeManagerHostname', '?')} ({n.get('NodeManagerAddress', '?')}, "
                          f"node {n['NodeID'][:8]})" for n in ray.nodes() if n.get("Alive")}
-
-
-def console_actor() -> Any:
-    """A RunConsole on this (the driver's) node."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = ray.get_runtime_context().get_node_id()
-    return ray.remote(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))(
-        RunConsole).remote()
