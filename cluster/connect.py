@@ -75,17 +75,25 @@ def quiet_ray_loggers() -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
-def connect(address: Optional[str], *, runtime_env: Optional[dict[str, Any]] = None, **init_kwargs) -> bool:
+def connect(address: Optional[str], *, runtime_env: Optional[dict[str, Any]] = None,
+            local_env: Optional[dict[str, str]] = None, **init_kwargs) -> bool:
     """Connect to (or start) Ray; True when this call started it (the caller shuts it down).
     `address` None: RAY_ADDRESS (set by `ray job submit`) or a new local Ray, never a `ray start`
     cluster that happens to run on this machine (ray.init()'s own default). Raises
-    RayConnectError (one line) when the cluster cannot be reached or refuses us."""
+    RayConnectError (one line) when the cluster cannot be reached or refuses us.
+
+    `local_env`: environment variables only for a Ray this call starts on this machine (the
+    machine's TSA_CACHE): a cluster's workers, and a job submitted with its own runtime_env,
+    keep theirs (this machine's paths need not exist there)."""
     import ray
 
     if ray.is_initialized():
         return False
     quiet_ray_loggers()
     target = address or os.environ.get("RAY_ADDRESS") or "local"
+    if target == "local" and local_env:
+        runtime_env = dict(runtime_env or {})
+        runtime_env["env_vars"] = {**local_env, **runtime_env.get("env_vars", {})}
     named = f"--ray-address {address}" if address else f"RAY_ADDRESS={target}"
     if target not in ("auto", "local"):
         why = reachable(target) or refused(target)

@@ -72,9 +72,8 @@ def connect_ray(address: Optional[str]) -> bool:
     from tsa.models.cache import cache_root
 
     try:
-        # Local workers see the same $TSA_CACHE (tiny models, hub downloads) as this process.
-        return connect(address, log_to_driver=False,
-                       runtime_env={"env_vars": {"TSA_CACHE": str(cache_root())}} if address is None else None)
+        # A local Ray's workers see the same $TSA_CACHE (tiny models, hub downloads) as this process.
+        return connect(address, log_to_driver=False, local_env={"TSA_CACHE": str(cache_root())})
     except RayConnectError as e:
         raise WorkerError(str(e)) from None
 

@@ -16,7 +16,6 @@ message naming what waits when no row arrives for `preprocess.stall_timeout_s`.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -129,11 +128,8 @@ def start_ray(address: Optional[str]) -> tuple[bool, float]:
     from tsa.models.cache import cache_root
 
     t0 = time.perf_counter()
-    # The machine's cache only for a Ray started here: a submitted job keeps its own runtime_env.
-    local = address is None and not os.environ.get("RAY_ADDRESS")
     try:
-        started = connect(address, log_to_driver=False,
-                          runtime_env={"env_vars": {"TSA_CACHE": str(cache_root())}} if local else None)
+        started = connect(address, log_to_driver=False, local_env={"TSA_CACHE": str(cache_root())})
     except RayConnectError as e:
         raise PreprocessError(str(e)) from None
     return started, (time.perf_counter() - t0) if started else 0.0

@@ -336,27 +336,54 @@ def test_a_kill_while_a_retried_shard_is_published_leaves_it_to_be_redone(tmp_pa
     assert list((out / "shards").iterdir()) == []  # shard 0 is not done: redone in full
 
 
-def test_no_ray_address_means_ray_address_env_or_a_new_local_ray(monkeypatch):
-    """Never a `ray start` cluster that happens to run on this machine (ray.init()'s default)."""
+def _recorded_ray_inits(monkeypatch) -> list:
+    """ray.init replaced by a recorder of (address, env_vars); every address answers."""
     import ray
-
-    from tsa.pipeline.run import start_ray
 
     import tsa.cluster.connect as connect_module
 
     calls = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kw: calls.append((kw["address"], kw["runtime_env"] is not None)))
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append((kw["address"],
+                                                                (kw["runtime_env"] or {}).get("env_vars"))))
     monkeypatch.setattr(connect_module, "reachable", lambda target: None)  # 10.0.0.9 answers, say
     monkeypatch.setattr(connect_module, "refused", lambda target: None)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("TSA_CACHE", "/cache/here")
+    return calls
+
+
+def test_no_ray_address_means_ray_address_env_or_a_new_local_ray(monkeypatch):
+    """Never a `ray start` cluster that happens to run on this machine (ray.init()'s default)."""
+    from tsa.pipeline.run import start_ray
+
+    calls = _recorded_ray_inits(monkeypatch)
     start_ray(None)
     start_ray("local")
     start_ray("auto")
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
     start_ray(None)
     # The machine's TSA_CACHE goes only to a Ray started here; a submitted job keeps its own runtime_env.
-    assert calls == [("local", True), ("local", False), ("auto", False), ("10.0.0.9:6379", False)]
+    local = {"TSA_CACHE": "/cache/here"}
+    assert calls == [("local", local), ("local", local), ("auto", None), ("10.0.0.9:6379", None)]
+
+
+@pytest.mark.parametrize("command", ["preprocess", "train", "sample"])
+def test_only_a_ray_started_here_gets_this_machines_cache(command, monkeypatch):
+    """Every command decides it in cluster/connect.py: a cluster's workers and a job from `ray job
+    submit` (RAY_ADDRESS) keep their own TSA_CACHE (this machine's path need not exist there)."""
+    from tsa.evaluate import workers
+    from tsa.pipeline.run import start_ray
+    from tsa.train import launch
+
+    join = {"preprocess": start_ray, "train": launch.connect_ray, "sample": workers.connect_ray}[command]
+    calls = _recorded_ray_inits(monkeypatch)
+    join(None)
+    join("10.0.0.9:6379")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.9:6379")
+    join(None)
+    cache = [(address, (env or {}).get("TSA_CACHE")) for address, env in calls]
+    assert cache == [("local", "/cache/here"), ("10.0.0.9:6379", None), ("10.0.0.9:6379", None)]
 
 
 def test_the_progress_tick_runs_while_rows_flow_and_while_waiting():

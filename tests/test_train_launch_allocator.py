@@ -33,13 +33,10 @@ def test_ray_train_workers_get_the_setting_through_the_jobs_runtime_env(monkeypa
     runs there, so the setting travels in the job's runtime_env: for a local Ray (with the
     machine's TSA_CACHE) and for a cluster address (without it). A job from `ray job submit`
     (RAY_ADDRESS) keeps the runtime_env it was submitted with."""
-    import tsa.cluster.connect as connect_module
+    from test_pipeline_runtime import _recorded_ray_inits  # pytest puts tests/ on sys.path
 
-    calls = []
-    monkeypatch.setattr(connect_module, "connect", lambda address, runtime_env=None, **kw: calls.append(runtime_env))
+    calls = _recorded_ray_inits(monkeypatch)  # through cluster/connect.py's connect, ray.init recorded
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setenv("TSA_CACHE", "/cache/here")
     launch_module.connect_ray(None)
     launch_module.connect_ray("10.0.0.1:6379")
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
@@ -47,8 +44,8 @@ def test_ray_train_workers_get_the_setting_through_the_jobs_runtime_env(monkeypa
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     launch_module.connect_ray(None)
     assert calls == [
-        {"env_vars": {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "TSA_CACHE": "/cache/here"}},
-        {"env_vars": {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}},
-        {"env_vars": {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}},
-        None,
+        ("local", {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "TSA_CACHE": "/cache/here"}),
+        ("10.0.0.1:6379", {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}),
+        ("10.0.0.1:6379", {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:512"}),
+        ("10.0.0.1:6379", None),
     ]
