@@ -82,15 +82,18 @@ def connect(address: Optional[str], *, runtime_env: Optional[dict[str, Any]] = N
     cluster that happens to run on this machine (ray.init()'s own default). Raises
     RayConnectError (one line) when the cluster cannot be reached or refuses us.
 
-    `local_env`: environment variables only for a Ray this call starts on this machine (the
-    machine's TSA_CACHE): a cluster's workers, and a job submitted with its own runtime_env,
-    keep theirs (this machine's paths need not exist there)."""
+    `runtime_env`: for this job's workers, except under RAY_ADDRESS alone (`ray job submit`):
+    a submitted job keeps the runtime_env it was submitted with. `local_env`: environment
+    variables only for a Ray this call starts on this machine (the machine's TSA_CACHE): a
+    cluster's workers keep theirs (this machine's paths need not exist there)."""
     import ray
 
     if ray.is_initialized():
         return False
     quiet_ray_loggers()
     target = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address is None and target != "local":
+        runtime_env = None
     if target == "local" and local_env:
         runtime_env = dict(runtime_env or {})
         runtime_env["env_vars"] = {**local_env, **runtime_env.get("env_vars", {})}

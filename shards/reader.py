@@ -46,7 +46,6 @@ class NotUsable(ValueError):
 REQUIRED_KEYS = ["format_version", "geometry", "latents", "teacher_dtype", "mask_ratio", "members"]
 
 
-
 def read_markers(store: Store, shards_dir: str, shards: Sequence[int],
                  parse: Optional[Callable[[int, bytes], dict[str, Any]]] = None,
                  chunk: int = 256) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -58,6 +57,7 @@ def read_markers(store: Store, shards_dir: str, shards: Sequence[int],
         raws = store.read_many([join(shards_dir, f"{shard_name(s)}.json") for s in ids])
         for s, raw in zip(ids, raws):
             yield s, parse(s, raw) if parse is not None else json.loads(raw)
+
 
 @dataclass(frozen=True)
 class SampleRef:

@@ -86,10 +86,9 @@ def connect_ray(ray_address: Optional[str]) -> bool:
     from tsa.cluster.connect import connect
     from tsa.models.cache import cache_root
 
-    submitted = ray_address is None and bool(os.environ.get("RAY_ADDRESS"))  # `ray job submit`: its own runtime_env
-    env = {} if submitted else {"PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ALLOCATOR_SETTINGS)}
-    return connect(ray_address, runtime_env={"env_vars": env} if env else None,
-                   local_env={"TSA_CACHE": str(cache_root())}, log_to_driver=False)
+    env = {"PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ALLOCATOR_SETTINGS)}
+    return connect(ray_address, runtime_env={"env_vars": env}, local_env={"TSA_CACHE": str(cache_root())},
+                   log_to_driver=False)
 
 
 @contextlib.contextmanager
