@@ -7,18 +7,25 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
 
+def run_folder(tmp_path_factory) -> Path:
+    """The whole run's temporary folder, seen by every xdist worker (each worker's base temp
+    folder sits in it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _tsa_cache(tmp_path_factory):
-    """One tiny-model cache for the whole run, shared by the xdist workers (each worker's base
-    temp folder sits in the run's one folder): tiny models are written to a temporary name
-    and renamed, so workers that race build the same bytes and one of them wins."""
+    """One tiny-model cache for the whole run, shared by the xdist workers: tiny models are
+    written to a temporary name and renamed, so workers that race build the same bytes and one
+    of them wins."""
     old = os.environ.get("TSA_CACHE")
-    base = tmp_path_factory.getbasetemp()
-    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tsa_cache"
+    cache = run_folder(tmp_path_factory) / "tsa_cache"
     cache.mkdir(exist_ok=True)
     os.environ["TSA_CACHE"] = str(cache)
     yield
@@ -99,9 +106,8 @@ def one_torch_thread():
 # ---- preprocess outputs built once per run ---------------------------------------------------------
 @pytest.fixture(scope="session")
 def shared_dir(tmp_path_factory):
-    """A folder of the whole run, seen by every xdist worker (the run's base temp folder)."""
-    base = tmp_path_factory.getbasetemp()
-    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    """A folder of the whole run, seen by every xdist worker."""
+    root = run_folder(tmp_path_factory) / "shared"
     root.mkdir(exist_ok=True)
     return root
 
@@ -167,6 +173,17 @@ def stop_shared_ray() -> None:
         _SHARED_RAY["up"] = False
 
 
+def start_local_ray(num_gpus: Optional[int] = None, **env_vars: str):
+    """A new local Ray of 2 CPUs (and `num_gpus` declared GPUs, else the machine's; never a cluster
+    some other process started on this machine) whose workers see the session's TSA_CACHE and
+    `env_vars`."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"], **env_vars}})
+    return ray
+
+
 def _module_asks_for(request, name: str) -> bool:
     return any(name in item.fixturenames for item in request.session.items
                if getattr(item, "module", None) is request.module)
@@ -188,17 +205,14 @@ def _ray_hooks_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_local(_ray_hooks_file):
-    """The test process's local Ray (2 CPUs): never a cluster some other process started on this
-    machine. Its workers see the session's TSA_CACHE and the fault file of `ray_hooks`. Shared by
-    every module that asks for it (see above): tests leave it running."""
+    """The test process's local Ray (`start_local_ray`); its workers also see the fault file of
+    `ray_hooks`. Shared by every module that asks for it (see above): tests leave it running."""
     import ray
 
     if not (_SHARED_RAY["up"] and ray.is_initialized()):
         stop_shared_ray()
         assert not ray.is_initialized(), "a Ray of another kind is still up"
-        env = {"TSA_CACHE": os.environ["TSA_CACHE"], "TSA_TEST_HOOKS": str(_ray_hooks_file)}
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": env})
+        start_local_ray(TSA_TEST_HOOKS=str(_ray_hooks_file))
         _SHARED_RAY["up"] = True
     yield ray
 
@@ -211,9 +225,7 @@ def ray_own():
     import ray
 
     assert not ray.is_initialized()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"]}})
-    yield ray
+    yield start_local_ray()
     ray.shutdown()
 
 

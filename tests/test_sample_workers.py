@@ -18,6 +18,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from conftest import start_local_ray
 from score_fixtures import eval_rows, videocon_file
 from tsa.configs import load_config
 from tsa.evaluate.render import Job
@@ -49,8 +50,7 @@ def fake_gpus():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"]}})
+    start_local_ray(num_gpus=2)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stand-in renderers below
     yield
     ray.shutdown()
