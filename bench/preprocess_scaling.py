@@ -146,6 +146,9 @@ def main() -> None:
     overrides = args.override if args.override is not None else ["preprocess.teacher.batch_size=1", "preprocess.text.batch_size=1"]
     cfg = load_config(args.config, [f"preprocess.samples_per_shard={args.samples_per_shard}", *overrides],
                       optional=["models.teacher.checkpoint"])
+    if cfg.preprocess.model_actors != "separate":
+        raise SystemExit("preprocess.model_actors: this bench measures the three separate pools (its stand-in "
+                         "stages are per model)")
     costs = {"decode": args.decode_s, "vae": args.vae_s, "teacher": args.teacher_s, "text": args.text_s}
     print(f"stand-in costs per clip: {costs}; config {args.config} {' '.join(overrides)}; "
           f"{args.clips_per_gpu} clips per GPU a run")

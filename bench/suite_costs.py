@@ -93,10 +93,12 @@ def tiny_runs(work: Path) -> tuple[Path, Path]:
     from tsa.testing.synthetic import make_synthetic_dataset
 
     clips = make_sample_clips(work / "clips", n=2, broken=False)
-    for what in ("tiny preprocess of 2 clips, Ray already up (first)", "the same again (warm workers)"):
+    runs = [("separate", "tiny preprocess of 2 clips, Ray already up (first; three actor pools)")]
+    runs += [(how, f"the same again (warm workers), model_actors={how}") for how in ("separate", "shared") * 2]
+    for how, what in runs:
         shutil.rmtree(work / "out", ignore_errors=True)
         with Measure(what):
-            run_preprocess(clips, work / "out", load_config("tiny"))
+            run_preprocess(clips, work / "out", load_config("tiny", [f"preprocess.model_actors={how}"]))
     shards = make_synthetic_dataset(work / "ds", load_config("tiny"), n=8, seed=3)
     for i in range(2):
         shutil.rmtree(work / "run", ignore_errors=True)

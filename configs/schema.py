@@ -248,6 +248,10 @@ class PreprocessConfig:
     vae: StageResources = field(default_factory=lambda: StageResources(num_gpus=0.5, batch_size=1))
     text: StageResources = field(default_factory=lambda: StageResources(num_gpus=0.25, batch_size=16))
     dtype: str = "bfloat16"  # compute dtype of the GPU stages (float32 on CPU)
+    # separate: three actor pools (VAE, teacher, T5), each sized and placed on its own.
+    # shared: one pool whose actors hold all three models and run them in turn on each batch
+    # (one process and one CUDA context per actor instead of three; docs/preprocess.md).
+    model_actors: str = "separate"
     # The run exits non-zero when every clip or more than this fraction of the clips failed.
     max_failed_fraction: float = 0.5
     # No clip finished for this long while clips remain: stop with a message naming what waits.
@@ -272,11 +276,24 @@ class PreprocessConfig:
                 raise ConfigError(f"preprocess.{name}: num_gpus/num_cpus must be >= 0, batch_size >= 1")
             if not (res.actors == "auto" or (isinstance(res.actors, int) and res.actors >= 1)):
                 raise ConfigError(f"preprocess.{name}.actors={res.actors!r}: expected auto or an integer >= 1")
+        if self.model_actors not in {"separate", "shared"}:
+            raise ConfigError(f"preprocess.model_actors={self.model_actors!r}: expected separate or shared")
+        if self.model_actors == "shared":
+            gpus = shared_actor_gpus(self)
+            if gpus > 1 and gpus != int(gpus):
+                raise ConfigError(
+                    f"preprocess.model_actors=shared: one actor would need the sum of preprocess.vae/teacher/"
+                    f"text.num_gpus = {gpus:g} GPUs; Ray gives an actor a fraction of one GPU or whole GPUs")
         if not 0 <= self.max_failed_fraction <= 1:
             raise ConfigError(f"preprocess.max_failed_fraction={self.max_failed_fraction}: must be in [0, 1]")
         if not self.decode.timeout_s > 0 or not self.stall_timeout_s > 0:
             raise ConfigError(f"preprocess.decode.timeout_s={self.decode.timeout_s} and preprocess.stall_timeout_s="
                               f"{self.stall_timeout_s}: must be > 0")
+
+
+def shared_actor_gpus(p: PreprocessConfig) -> float:
+    """GPUs of one `model_actors: shared` actor: the three models' shares together."""
+    return round(p.vae.num_gpus + p.teacher.num_gpus + p.text.num_gpus, 6)
 
 
 @dataclass

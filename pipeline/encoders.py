@@ -218,3 +218,20 @@ class TextStage:
         batch["text"] = out
         report(self.progress, "text", len(out))
         return batch
+
+
+
+class SharedModelsStage:
+    """`preprocess.model_actors: shared`: one actor holds the VAE, teacher and T5 and runs them in
+    that order on each batch (its size: the smallest of the three `batch_size`s, pipeline/plan.py).
+    Same columns in and out as the three stages one after another: frames, teacher_in, caption
+    -> latent (or latent_mean + latent_logvar), teacher, text; failed rows as in `run_rows`."""
+
+    def __init__(self, cfg_dict: dict[str, Any], cache_dir: Optional[str] = None, progress=None):
+        self.stages = [VaeStage(cfg_dict, cache_dir, progress), TeacherStage(cfg_dict, cache_dir, progress),
+                       TextStage(cfg_dict, cache_dir, progress)]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for stage in self.stages:
+            batch = stage(batch)
+        return batch

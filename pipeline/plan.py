@@ -3,7 +3,8 @@
 `make_plan` turns `preprocess.<stage>.actors: auto` into a number from what Ray reports:
 a GPU stage gets one actor per "GPU share", share = the sum of the GPU stages' `num_gpus`
 (0.5 + 0.25 + 0.25 = 1 GPU at paper defaults), so on 8 GPUs each of VAE, teacher and T5 gets
-8 actors and the three pools fill the 8 GPUs exactly. A CPU stage (`num_gpus: 0`) gets one
+8 actors and the three pools fill the 8 GPUs exactly (`model_actors: shared`: one pool whose
+actors hold the three models, one per share, see `pool_resources`). A CPU stage (`num_gpus: 0`) gets one
 actor: more actors would take cores from the decode tasks; set an integer to have more. An
 integer in the config always wins. No pool gets more actors than it has batches to run.
 Decode tasks are not pooled: Ray Data runs as many as the CPUs left over allow.
@@ -23,10 +24,25 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from tsa.configs.schema import Config
+from tsa.configs.schema import Config, StageResources, shared_actor_gpus
 
 MODEL_STAGES = ("vae", "teacher", "text")  # pipeline order
 CHECK_CLIPS = 8  # clips each node opens in the storage check
+
+
+def pool_resources(cfg: Config) -> dict[str, StageResources]:
+    """The model actor pools in pipeline order, each with what one actor asks for: the three
+    `preprocess.<stage>` sections, or for `model_actors: shared` one pool "models" whose actor
+    holds the three models: their GPU shares summed, the most CPUs of the three, the smallest
+    batch (the VAE's at paper defaults: a batch's frames are what fills memory) and the largest
+    integer `actors` (else auto)."""
+    p = cfg.preprocess
+    if p.model_actors != "shared":
+        return {s: getattr(p, s) for s in MODEL_STAGES}
+    res = [getattr(p, s) for s in MODEL_STAGES]
+    fixed = [r.actors for r in res if isinstance(r.actors, int)]
+    return {"models": StageResources(num_gpus=shared_actor_gpus(p), num_cpus=max(r.num_cpus for r in res),
+                                     batch_size=min(r.batch_size for r in res), actors=max(fixed) if fixed else "auto")}
 
 
 @dataclass
@@ -40,15 +56,16 @@ class Plan:
 
     def lines(self, cfg: Config) -> list[str]:
         p = cfg.preprocess
-        used_cpus = sum(self.actors[s] * getattr(p, s).num_cpus for s in MODEL_STAGES)
+        pools = pool_resources(cfg)
+        used_cpus = sum(self.actors[s] * r.num_cpus for s, r in pools.items())
         decode_slots = max(0, math.floor((self.cpus - used_cpus) / p.decode.num_cpus)) if p.decode.num_cpus else 0
         per = f", {self.clips_per_block} clips a task" if self.clips_per_block > 1 else ""
         out = [f"plan: {self.nodes} node(s), {self.cpus:g} CPUs, {self.gpus:g} GPUs; decode tasks "
                f"{p.decode.num_cpus:g} CPU each (about {decode_slots} at once{per}), timeout {p.decode.timeout_s:g} s"]
-        for s in MODEL_STAGES:
-            r = getattr(p, s)
+        for s, r in pools.items():
             how = "auto" if r.actors == "auto" else "config"
-            out.append(f"  {s:8} {self.actors[s]} actor(s) x ({r.num_gpus:g} GPU, {r.num_cpus:g} CPU), batch "
+            what = " VAE + teacher + T5" if s == "models" else ""
+            out.append(f"  {s:8} {self.actors[s]} actor(s){what} x ({r.num_gpus:g} GPU, {r.num_cpus:g} CPU), batch "
                        f"{r.batch_size} ({how})")
         return out + [f"  note: {n}" for n in self.notes]
 
@@ -64,11 +81,11 @@ def make_plan(cfg: Config, nodes: int, cpus: float, gpus: float, num_clips: int)
     """Actors per model stage (see the module docstring)."""
     p = cfg.preprocess
     plan = Plan(nodes=nodes, cpus=cpus, gpus=gpus)
-    gpu_stages = [s for s in MODEL_STAGES if getattr(p, s).num_gpus > 0]
-    share = sum(getattr(p, s).num_gpus for s in gpu_stages)
+    pools = pool_resources(cfg)
+    gpu_stages = [s for s, r in pools.items() if r.num_gpus > 0]
+    share = sum(pools[s].num_gpus for s in gpu_stages)
     sets = max(1, math.floor(gpus / share + 1e-9)) if share and gpus else 1
-    for s in MODEL_STAGES:
-        r = getattr(p, s)
+    for s, r in pools.items():
         if r.actors != "auto":
             plan.actors[s] = int(r.actors)
             continue
@@ -78,10 +95,10 @@ def make_plan(cfg: Config, nodes: int, cpus: float, gpus: float, num_clips: int)
             plan.notes.append(f"{s}: {n} actors would fit, {batches} used ({num_clips} clips)")
             n = batches
         plan.actors[s] = n
-    used = sum(plan.actors[s] * getattr(p, s).num_cpus for s in MODEL_STAGES)
+    used = sum(plan.actors[s] * r.num_cpus for s, r in pools.items())
     slots = max(1, math.floor((cpus - used) / p.decode.num_cpus)) if p.decode.num_cpus and cpus else 1
     plan.clips_per_block = blocks(num_clips, slots)
-    asked = sum(plan.actors[s] * getattr(p, s).num_gpus for s in gpu_stages)
+    asked = sum(plan.actors[s] * pools[s].num_gpus for s in gpu_stages)
     if gpus and asked > gpus + 1e-9:
         plan.notes.append(f"the pools ask for {asked:g} GPUs of {gpus:g}: some actors wait for a GPU")
     return plan

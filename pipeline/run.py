@@ -4,7 +4,8 @@
     -> storage check on every node -> write dataset.json
     items (driver) -> map: decode (in a killable child, with a deadline) + motion + preview (CPU tasks)
                    -> map_batches: VAE, teacher, T5 (actor pools; num_gpus/num_cpus/batch_size/actors
-                      from cfg.preprocess.<stage>; fractional GPUs let one GPU host all three)
+                      from cfg.preprocess.<stage>; fractional GPUs let one GPU host all three;
+                      or one pool of actors holding all three: preprocess.model_actors=shared)
                    -> iter_rows in the driver, in completion order -> ShardAssembler
 
 Rows arrive in whatever order they finish (no `preserve_order`: one slow or stuck clip holds
@@ -31,6 +32,7 @@ from tsa.shards.dataset_info import (
 )
 from tsa.shards.layout import DATASET_JSON, MANIFEST, MASKS, SHARDS_DIR, SUBSET_FILE, TMP_SUFFIX, shard_of
 from tsa.pipeline.inputs import select_inputs
+from tsa.pipeline.plan import pool_resources
 from tsa.pipeline.sources import ClipItem
 from tsa.shards.writer import remove_partial_shards, write_json_atomic
 
@@ -170,16 +172,15 @@ def build_dataset(items: list[ClipItem], cfg: Config, actors: Optional[dict[str,
     from ray.data import ActorPoolStrategy
 
     from tsa.models.cache import cache_root
-    from tsa.pipeline.encoders import TeacherStage, TextStage, VaeStage
+    from tsa.pipeline.encoders import SharedModelsStage, TeacherStage, TextStage, VaeStage
 
     ds = prepare_dataset(items, cfg, progress, clips_per_block)
-    p = cfg.preprocess
     kwargs = {"cfg_dict": cfg.to_dict(), "cache_dir": str(cache_root()), "progress": progress}
-    for name, stage in (("vae", VaeStage), ("teacher", TeacherStage), ("text", TextStage)):
-        res = getattr(p, name)
+    stages = {"vae": VaeStage, "teacher": TeacherStage, "text": TextStage, "models": SharedModelsStage}
+    for name, res in pool_resources(cfg).items():
         size = (actors or {}).get(name) or (res.actors if isinstance(res.actors, int) else 1)
-        ds = ds.map_batches(stage, fn_constructor_kwargs=kwargs, batch_format="numpy", batch_size=res.batch_size,
-                            compute=ActorPoolStrategy(size=size), num_gpus=res.num_gpus,
+        ds = ds.map_batches(stages[name], fn_constructor_kwargs=kwargs, batch_format="numpy",
+                            batch_size=res.batch_size, compute=ActorPoolStrategy(size=size), num_gpus=res.num_gpus,
                             num_cpus=res.num_cpus, zero_copy_batch=False)
     return ds
 
@@ -372,8 +373,7 @@ def describe_stall(ray_module, cfg: Config, remaining: int, total: int, stall_s:
     if free.get("CPU", 0) < p.decode.num_cpus:
         waiting.append(f"decode tasks need {p.decode.num_cpus:g} CPU each and {free.get('CPU', 0):g} are free "
                        f"(the actor pools may hold every CPU left, e.g. after a node was lost)")
-    for s in ("vae", "teacher", "text"):
-        r = getattr(p, s)
+    for s, r in pool_resources(cfg).items():
         if free.get("GPU", 0) < r.num_gpus or free.get("CPU", 0) < r.num_cpus:
             waiting.append(f"a {s} actor that is (re)starting needs {r.num_gpus:g} GPU + {r.num_cpus:g} CPU")
     if waiting:

@@ -17,7 +17,7 @@ from tsa.configs.schema import Config
 from tsa.shards.layout import DATASET_JSON, FORMAT_VERSION, FRAME_RULE, member_specs, preview_layout
 
 # Per-stage Ray resources and run policy (timeouts, failure threshold): never change the bytes of a sample.
-RESOURCE_KEYS = ("decode", "teacher", "vae", "text", "max_failed_fraction", "stall_timeout_s")
+RESOURCE_KEYS = ("decode", "teacher", "vae", "text", "model_actors", "max_failed_fraction", "stall_timeout_s")
 PREPROCESS_MODELS = ("vae", "text_encoder", "tokenizer", "teacher")
 GEOMETRY_ADDED = {"student_patch_t": 1, "teacher_size": None}  # key: value that equals the older outputs
 TEACHER_KIND_DEFAULT = "videomaev2"  # models.teacher.kind, added after format 1

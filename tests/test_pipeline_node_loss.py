@@ -25,7 +25,8 @@ def test_losing_a_node_finishes_or_stops_clearly_then_resumes(tmp_path):
 
     assert not ray.is_initialized()
     clips = make_sample_clips(tmp_path / "clips", n=4, seed=5, broken=False)
-    cfg = load_config("tiny", ["preprocess.samples_per_shard=1", "preprocess.stall_timeout_s=90",
+    cfg = load_config("tiny", ["preprocess.model_actors=separate", "preprocess.samples_per_shard=1",
+                               "preprocess.stall_timeout_s=90",
                                "preprocess.text.batch_size=1", "preprocess.teacher.batch_size=1"])
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     worker = cluster.add_node(num_cpus=1)

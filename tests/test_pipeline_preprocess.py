@@ -157,10 +157,11 @@ def test_sigkill_then_resume_equals_uninterrupted(ref, clips, cfg, tmp_path):
     ref_out, _ = ref
     out = tmp_path / "out"
     # Batch size 1 everywhere, so rows (and shards) finish one by one and the kill lands mid-run;
-    # batch sizes are resources, not part of the config fingerprint.
+    # three separate actor pools, where the reference and the resume share one actor. Both are
+    # resources, not part of the config fingerprint: the two layouts must give the same bytes.
     cmd = [sys.executable, "-m", "tsa", "preprocess", "--src", str(clips), "--out", str(out),
            "--config", "tiny", "-o", SPS[0], "-o", "preprocess.text.batch_size=1", "-o",
-           "preprocess.teacher.batch_size=1", "--no-progress"]
+           "preprocess.teacher.batch_size=1", "-o", "preprocess.model_actors=separate", "--no-progress"]
     # The last decodable clip hangs in its decode child (pipeline/hooks.py) until the kill, so the
     # killed run cannot have finished every shard however fast the machine is.
     from tsa.pipeline.inputs import list_clips

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 
 import numpy as np
@@ -160,8 +161,68 @@ def test_plan_sizes_pools_from_the_cluster():
     assert any("text" in n for n in plan.notes)
     lines = plan.lines(cfg)
     assert lines[0].startswith("plan: 1 node(s), 64 CPUs, 8 GPUs") and "vae      3 actor(s)" in lines[1]
-    tiny = load_config("tiny", ["preprocess.vae.actors=auto"])
+    tiny = load_config("tiny", ["preprocess.model_actors=separate", "preprocess.vae.actors=auto"])
     assert make_plan(tiny, 1, 2, 0, 10).actors["vae"] == 1  # a CPU stage: one actor unless told
+
+
+def test_shared_model_actors_make_one_pool_of_the_three_shares():
+    from tsa.configs import ConfigError, load_config
+    from tsa.pipeline.plan import make_plan, pool_resources
+
+    opt = ["models.teacher.checkpoint"]
+    cfg = load_config("cogvideox2b_mtsa", ["preprocess.model_actors=shared"], optional=opt)
+    (name, res), = pool_resources(cfg).items()
+    # 0.5 + 0.25 + 0.25 GPU, the most CPUs (1), the smallest batch (the VAE's 1)
+    assert (name, res.num_gpus, res.num_cpus, res.batch_size, res.actors) == ("models", 1.0, 1.0, 1, "auto")
+    plan = make_plan(cfg, nodes=2, cpus=128, gpus=16, num_clips=64000)
+    assert plan.actors == {"models": 16}  # one actor per GPU
+    assert "models   16 actor(s) VAE + teacher + T5 x (1 GPU, 1 CPU), batch 1 (auto)" in plan.lines(cfg)[1]
+    assert make_plan(cfg, 1, 8, 1, 3).actors == {"models": 1}
+    cfg = load_config("cogvideox2b_mtsa", ["preprocess.model_actors=shared", "preprocess.text.actors=3",
+                                           "preprocess.teacher.actors=2"], optional=opt)
+    assert make_plan(cfg, 1, 64, 8, num_clips=20).actors == {"models": 3}  # the largest integer of the three
+    for bad, field in ((["preprocess.model_actors=shared", "preprocess.vae.num_gpus=1"], "1.5 GPUs"),
+                       (["preprocess.model_actors=both"], "preprocess.model_actors='both'")):
+        with pytest.raises(ConfigError, match=re.escape(field)):
+            load_config("cogvideox2b_mtsa", bad, optional=opt)
+    two = load_config("cogvideox2b_mtsa", ["preprocess.model_actors=shared", "preprocess.vae.num_gpus=1.5",
+                                           "preprocess.teacher.num_gpus=0.25", "preprocess.text.num_gpus=0.25"],
+                      optional=opt)
+    assert pool_resources(two)["models"].num_gpus == 2  # whole GPUs are fine
+
+
+def test_a_shared_actor_gives_the_three_stages_outputs_and_failures(tmp_path, monkeypatch, tiny_cfg):
+    """SharedModelsStage = VaeStage, TeacherStage, TextStage one after another: same columns, same
+    bytes, the same failed rows (a decode failure kept, an injected teacher failure added)."""
+    from tsa.configs import load_config
+    from tsa.pipeline.encoders import SharedModelsStage, TeacherStage, TextStage, VaeStage
+
+    hooks = tmp_path / "hooks.json"
+    hooks.write_text(json.dumps({"raise_stage": "teacher:k1"}))
+    monkeypatch.setenv("TSA_TEST_HOOKS", str(hooks))
+    g = tiny_cfg.geometry
+    rng = np.random.default_rng(0)
+
+    def batch():
+        b = _batch(3)
+        b["frames"] = rng.integers(0, 256, (3, g.num_frames, g.height, g.width, 3), dtype=np.uint8)
+        b["teacher_in"] = rng.standard_normal((3, 3, *g.teacher_input)).astype(np.float32)
+        b["caption"] = np.array(["a ball rolls", "honey pours", "x"])
+        return b
+
+    one = batch()
+    rng = np.random.default_rng(0)
+    got = SharedModelsStage(tiny_cfg.to_dict())(one)
+    want = batch()
+    for stage in (VaeStage, TeacherStage, TextStage):
+        want = stage(load_config("tiny").to_dict())(want)
+    assert sorted(got) == sorted(want) and "frames" not in got and "teacher_in" not in got
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert list(got["ok"]) == [True, False, False]
+    assert "teacher: RuntimeError: injected failure" in json.loads(got["row_json"][1])["error"]
+    assert json.loads(got["row_json"][2])["error"] == "decode: x"
+    assert np.abs(got["latent"][0]).sum() > 0 and np.abs(got["text"][0]).sum() > 0
 
 
 def test_storage_problems_name_the_path(tmp_path):

@@ -23,7 +23,9 @@ from tsa.pipeline.run import run_preprocess
 from tsa.testing.sample_clips import make_sample_clips
 
 pytestmark = pytest.mark.slow
-OPTS = ["preprocess.samples_per_shard=2", "preprocess.decode.timeout_s=20"]
+# Three actor pools (the paper's layout; configs/tiny.yaml shares one actor): the faults, stalls and
+# rows-before-the-text-batch tests are about the pools.
+OPTS = ["preprocess.samples_per_shard=2", "preprocess.decode.timeout_s=20", "preprocess.model_actors=separate"]
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +137,7 @@ def test_healthy_cli_run_prints_the_plan_and_no_ray_noise(tmp_path):
                           capture_output=True, text=True, env=env, timeout=600)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-3000:]
-    assert "plan: 1 node(s)" in text and "vae      1 actor(s)" in text
+    assert "plan: 1 node(s)" in text and "models   1 actor(s) VAE + teacher + T5" in text  # configs/tiny.yaml
     assert "1 ok, 0 failed" in text
     assert "core_worker.cc" not in text and "Token authentication" not in text, text
 
