@@ -5,6 +5,7 @@ constructor loads its model once per actor (tiny refs are materialised there, at
 and cached), `__call__` takes a batch dict of numpy columns (see pipeline/prepare.py), runs
 the model on the rows whose `ok` is True and returns the batch with its input column
 replaced by its output column. Failed rows get zero outputs and are never written.
+`SharedModelsStage` (`preprocess.model_actors: shared`) holds the three and runs them in turn.
 
 A model that raises on a batch (CUDA out of memory on one long clip, a shape error) fails
 only the clips concerned: the batch is retried clip by clip, and a clip that still raises
