@@ -221,7 +221,6 @@ class TextStage:
         return batch
 
 
-
 class SharedModelsStage:
     """`preprocess.model_actors: shared`: one actor holds the VAE, teacher and T5 and runs them in
     that order on each batch (its size: the smallest of the three `batch_size`s, pipeline/plan.py).

@@ -4,8 +4,8 @@
 a GPU stage gets one actor per "GPU share", share = the sum of the GPU stages' `num_gpus`
 (0.5 + 0.25 + 0.25 = 1 GPU at paper defaults), so on 8 GPUs each of VAE, teacher and T5 gets
 8 actors and the three pools fill the 8 GPUs exactly (`model_actors: shared`: one pool whose
-actors hold the three models, one per share, see `pool_resources`). A CPU stage (`num_gpus: 0`) gets one
-actor: more actors would take cores from the decode tasks; set an integer to have more. An
+actors hold the three models, one per share, see `pool_resources`). A CPU stage (`num_gpus: 0`)
+gets one actor: more actors would take cores from the decode tasks; set an integer to have more. An
 integer in the config always wins. No pool gets more actors than it has batches to run.
 Decode tasks are not pooled: Ray Data runs as many as the CPUs left over allow.
 
@@ -42,7 +42,8 @@ def pool_resources(cfg: Config) -> dict[str, StageResources]:
     res = [getattr(p, s) for s in MODEL_STAGES]
     fixed = [r.actors for r in res if isinstance(r.actors, int)]
     return {"models": StageResources(num_gpus=shared_actor_gpus(p), num_cpus=max(r.num_cpus for r in res),
-                                     batch_size=min(r.batch_size for r in res), actors=max(fixed) if fixed else "auto")}
+                                     batch_size=min(r.batch_size for r in res),
+                                     actors=max(fixed) if fixed else "auto")}
 
 
 @dataclass
