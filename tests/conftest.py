@@ -179,8 +179,13 @@ def start_local_ray(num_gpus: Optional[int] = None, **env_vars: str):
     `env_vars`."""
     import ray
 
+    # Ray keeps at most num_cpus (2) idle task workers and kills the rest after a second idle; a run's
+    # decode and route tasks (0.5 and 0.25 CPU: 4 and 8 fit in 2 CPUs) use more, so each of the many
+    # runs on one test Ray started task workers and their decode children (a torch import each)
+    # again: ~5 CPU-s a run (docs/benchmarks.md). A cluster with many CPUs keeps them; so does this.
     ray.init(address="local", num_cpus=2, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"], **env_vars}})
+             runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"], **env_vars}},
+             _system_config={"num_workers_soft_limit": 12})
     return ray
 
 
