@@ -6,11 +6,14 @@ process) keeps one long-lived child, `python -m pipeline.decode_proc`, and sends
 a time over pipes. A decode that passes the deadline kills the child (SIGKILL) and becomes
 `DecodeError("decode timed out after N s")`; the next clip starts a fresh child.
 
-Protocol (no pickle): request = one JSON line {"path", "geometry"}; reply = one JSON header line
+Protocol (no pickle): the child first writes {"ready": true} once its imports are done (the
+deadline of a clip counts from its request to a ready child, never the child's start-up);
+request = one JSON line {"path", "geometry"}; reply = one JSON header line
 {"ok", "error" | clip fields + "shape"} followed, for an ok clip, by the raw uint8 frames.
 
-Test hook (pipeline/hooks.py): `hang_decode: <file name>` makes the child hang in native code
-(all signals blocked, libc `pause()`) on that file, like the decord bug: only SIGKILL ends it.
+Test hooks (pipeline/hooks.py): `hang_decode: <file name>` makes the child hang in native code
+(all signals blocked, libc `pause()`) on that file, like the decord bug: only SIGKILL ends it;
+`slow_start: <seconds>` makes a fresh child that much slower to be ready (a loaded node).
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ from tsa.pipeline.decode import DecodedClip, DecodeError, decode_clip
 from tsa.pipeline.hooks import test_hook
 
 _ROOT = str(Path(__file__).resolve().parent.parent)  # the folder holding `pipeline/`
+READY = b'{"ready": true}'
+START_TIMEOUT_S = 120.0  # a child still importing after this long: the node is in trouble
 
 
 def _hang_natively() -> None:
@@ -53,6 +58,11 @@ def _serve() -> None:
         ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     torch.set_num_threads(1)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
+    slow = test_hook("slow_start")
+    if slow:
+        time.sleep(float(slow))
+    out.write(READY + b"\n")  # imports done: the client starts a decode's deadline from here
+    out.flush()
     for line in inp:
         req = json.loads(line)
         path = req["path"]
@@ -120,12 +130,28 @@ class DecodeClient:
                 f.close()
             self.proc = None
 
+    def _start_ready(self) -> None:
+        """A fresh child, once it has imported what it needs (its READY line): on a loaded node
+        those imports take seconds that must not count toward a clip's decode deadline."""
+        self.kill()
+        self.proc = self._start()
+        try:
+            line = _read_line(self.proc.stdout.fileno(), self._pending, time.monotonic() + START_TIMEOUT_S)
+        except TimeoutError:
+            self.kill()
+            raise DecodeError(f"decoder process did not start within {START_TIMEOUT_S:g} s") from None
+        except (EOFError, OSError) as e:
+            code = self.proc.poll()
+            self.kill()
+            raise DecodeError(f"decoder process died at start ({type(e).__name__}, exit code {code})") from None
+        if line != READY:
+            self.kill()
+            raise DecodeError(f"decoder process started with {line[:80]!r}, not its ready line")
+
     def decode(self, path: str, geometry: Geometry, timeout_s: float) -> DecodedClip:
         if self.proc is None or self.proc.poll() is not None:
-            self.kill()
-            self.proc = self._start()
-        # The deadline starts when the request is sent; a fresh child's imports count toward it,
-        # which a timeout meant as a generous multiple of a decode easily absorbs.
+            self._start_ready()
+        # The deadline starts when the request is sent to a child that is ready.
         deadline = time.monotonic() + timeout_s
         req: dict[str, Any] = {"path": path, "geometry": asdict(geometry)}
         fd = self.proc.stdout.fileno()

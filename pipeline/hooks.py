@@ -1,6 +1,7 @@
 """Fault injection for tests: `TSA_TEST_HOOKS=/path/hooks.json` names faults to inject.
 
     {"hang_decode": "clip.mp4"}      the decode child hangs in native code on that file name
+    {"slow_start": 3}               a fresh decode child takes 3 s more before it is ready
     {"raise_stage": "vae:KEY"}      that model stage raises on any batch holding clip KEY
     {"storage_blind": {"node": NODE_ID, "path": PREFIX}}
                                     the storage check on that Ray node sees nothing under PREFIX

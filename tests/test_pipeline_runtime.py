@@ -146,6 +146,28 @@ def test_decode_timeout_kills_a_native_hang_and_recovers(tmp_path, monkeypatch, 
         client.kill()
 
 
+def test_a_decode_deadline_does_not_count_the_childs_start(tmp_path, monkeypatch, tiny_cfg):
+    """A fresh decode child that takes 3 s to import (a loaded node) still decodes a clip within a
+    2 s deadline: the deadline counts from the request to a ready child."""
+    from tsa.pipeline.decode import decode_clip
+    from tsa.pipeline.decode_proc import DecodeClient
+    from tsa.testing.sample_clips import make_sample_clips
+
+    clips = make_sample_clips(tmp_path / "clips", n=1, seed=1, broken=False)
+    clip = sorted((clips / "videos").iterdir())[0]
+    hooks = tmp_path / "hooks.json"
+    hooks.write_text(json.dumps({"slow_start": 3}))
+    monkeypatch.setenv("TSA_TEST_HOOKS", str(hooks))
+    client = DecodeClient()
+    try:
+        t0 = time.monotonic()
+        got = client.decode(str(clip), tiny_cfg.geometry, 2)
+        assert time.monotonic() - t0 > 3  # the slow start did happen
+        np.testing.assert_array_equal(got.frames, decode_clip(str(clip), tiny_cfg.geometry).frames)
+    finally:
+        client.kill()
+
+
 def test_plan_sizes_pools_from_the_cluster():
     from tsa.configs import load_config
     from tsa.pipeline.plan import make_plan

@@ -88,6 +88,8 @@ def test_faults_fail_their_clips_then_retry_failed_repairs_in_place(ray_local, r
 
     ray_hooks.write_text("{}")
     fixed = run_preprocess(clips, out, cfg, retry_failed=True)
+    still = {r["key"]: r["error"] for r in open_output(out).rows() if r["status"] != "ok"}
+    assert not still, still
     assert fixed.retried == 2 and fixed.processed == 2 and fixed.counts == {"ok": 3, "failed": 0, "skipped": 0,
                                                                             "masks": 3}
     assert not fixed.too_many_failed and fixed.shards_written == 1  # only shard 0 held failed rows
