@@ -53,14 +53,15 @@ def tiny_fingerprint(cfg: Config) -> str:
     """Hash of everything that shapes the tiny models: same config, same folder, same bytes."""
     g, m = cfg.geometry, cfg.models
     # Fields added after version 3 count only when set, so the tiny models of older configs keep
-    # their folder (and dataset.json weight records) unchanged.
+    # their folder (and dataset.json weight records) unchanged. Version 4: the tiny VAEs lost their
+    # encoder resnets (models/cogvideox.py, models/wan.py), so every tiny model folder is new.
     geometry = {k: v for k, v in vars(g).items() if _ADDED_GEOMETRY.get(k, object()) != v}
     student = {k: v for k, v in vars(m.tiny_student).items() if _ADDED_TINY_STUDENT.get(k, object()) != v}
     teacher = {k: v for k, v in vars(m.teacher).items() if _ADDED_TEACHER.get(k, object()) != v}
     family = {} if m.family == "cogvideox" else {"family": m.family}
     blob = json.dumps(
         {"geometry": geometry, "tiny_student": student, "teacher": teacher | {"checkpoint": TINY},
-         "seed": m.tiny_seed, "version": 3} | family,
+         "seed": m.tiny_seed, "version": 4} | family,
         sort_keys=True, default=list,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -119,8 +119,10 @@ class Wan(StudentFamily):
             num_heads=4, relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id))
         defaults = _release_latent_stats()
-        # dim_mult all 1: the smallest VAE with the release's x8 spatial, x4 temporal compression.
-        vae = AutoencoderKLWan(base_dim=16, z_dim=c, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        # dim_mult all 1 and no resnet in the encoder's down blocks (num_res_blocks=0; one in each of the
+        # decoder's): the smallest VAE with the release's x8 spatial, x4 temporal compression (encode
+        # 17x, decode 2x cheaper on a CPU than with 1, docs/benchmarks.md).
+        vae = AutoencoderKLWan(base_dim=16, z_dim=c, dim_mult=[1, 1, 1, 1], num_res_blocks=0,
                                temperal_downsample=[False, True, True],
                                latents_mean=defaults[0][:c], latents_std=defaults[1][:c])
         width = ts.num_attention_heads * ts.attention_head_dim

@@ -242,7 +242,7 @@ def preprocess(
             result = run_preprocess(src, out, cfg, subset=subset, limit=limit, ray_address=ray_address,
                                     overwrite=overwrite, retry_failed=retry_failed, staging=staging,
                                     on_start=on_start,
-                                    on_row=on_row, on_plan=on_plan, on_progress=on_progress,
+                                    on_row=on_row, on_plan=on_plan, on_progress=on_progress if progress else None,
                                     on_notice=lambda line: console.print(f"[yellow]warning:[/] {line}",
                                                                          soft_wrap=True, highlight=False),
                                     csvs=csv, videos=videos, where=where, sample=sample, seed=seed)

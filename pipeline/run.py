@@ -513,7 +513,8 @@ def run_preprocess(src: str | Path, out: str | Path, cfg: Config, *, subset: Opt
 
     `on_start(todo_clips, total_clips)`, `on_row(manifest_row)`, `on_plan(lines)`,
     `on_notice(line)` (a node left the cluster) and `on_progress(counts)` (clips finished per
-    stage, pipeline/progress.py; about twice a second) drive the display. `retry_failed` also re-processes the failed rows of finished shards, in place.
+    stage, pipeline/progress.py; about twice a second; without it no counter actor is started)
+    drive the display. `retry_failed` also re-processes the failed rows of finished shards, in place.
 
     `out` may be a URL (`s3://bucket/prefix`, `gs://...`): the run works in a local staging folder
     (`staging`, default under $TMPDIR) and commits each shard to the bucket by uploading its tar,
@@ -623,7 +624,8 @@ def _run(selection, remote, out: Path, cfg: Config, *, ray_address, overwrite, r
                 on_start(len(todo), len(items))
             t0 = time.perf_counter()
             before = _running_executors()
-            counter = start_counter(ray)
+            # the counter actor only where someone watches (the CLI's bar): one process fewer a run
+            counter = start_counter(ray) if on_progress is not None else None
             probe = ProgressProbe(ray, counter, on_progress)
             slots = slots_for([it.index for it in todo], sps, len(items))
             writers = start_writers(ray, writer_count(plan.nodes, len(slots)), str(out.resolve()), slots, keep,

@@ -127,7 +127,9 @@ def test_older_configs_keep_their_fingerprints():
     from tsa.shards.dataset_info import fingerprinted_config
 
     tiny = load_config("tiny")
-    assert tiny_fingerprint(tiny) == "ebd01d6886ab6539"  # the value before families existed
+    # Pinned: version 4 of the tiny models (their VAEs lost the encoder resnets). Version 3 gave
+    # ebd01d6886ab6539 from before families existed until then: added keys never moved it.
+    assert tiny_fingerprint(tiny) == "c06695f243bd9a7c"
     assert tiny_fingerprint(load_config("tiny_cogvideox5b")) != tiny_fingerprint(tiny)
     new = tiny.to_dict()
     old = json.loads(json.dumps(new))

@@ -65,7 +65,7 @@ def test_default_kind_leaves_fingerprints_unchanged():
                if k not in ("use_rotary_positional_embeddings", "patch_bias", "vae_scaling_factor", "snr_shift_scale")}
     teacher = {k: v for k, v in vars(m.teacher).items() if k != "kind"}
     blob = json.dumps({"geometry": geometry, "tiny_student": student, "teacher": teacher | {"checkpoint": "tiny"},
-                       "seed": m.tiny_seed, "version": 3}, sort_keys=True, default=list)
+                       "seed": m.tiny_seed, "version": 4}, sort_keys=True, default=list)
     assert tiny_fingerprint(cfg) == hashlib.sha256(blob.encode()).hexdigest()[:16]
     dino = load_config("tiny_dinov2")
     assert tiny_fingerprint(dino) != tiny_fingerprint(cfg)
