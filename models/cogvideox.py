@@ -151,9 +151,9 @@ class CogVideoX(StudentFamily):
             eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id))
         # 16 channels from the first block: CPU conv3d with fewer channels falls back to PyTorch's
         # slow_conv3d instead of oneDNN, which made the 8-channel VAE 2.3x slower to encode. No
-        # resnet in the encoder's down blocks and one in each up block (layers_per_block=0): the
-        # convolutions at full resolution are most of a tiny run's CPU (encode 3.4x, decode 2.2x
-        # cheaper than with 1, docs/benchmarks.md); the compression and the code paths are the same.
+        # resnet in the encoder's down blocks and one in each up block (layers_per_block=0): their
+        # full-resolution convolutions were most of the tiny VAE's time (now encode 2.7x, decode
+        # 1.7x cheaper, bench/tiny_vae.py); the compression and the code paths are the same.
         vae = AutoencoderKLCogVideoX(
             block_out_channels=(16, 16, 16, 16), layers_per_block=0, norm_num_groups=4, latent_channels=c,
             temporal_compression_ratio=g.vae_temporal_compression, sample_height=g.height, sample_width=g.width,
