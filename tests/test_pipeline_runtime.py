@@ -524,3 +524,26 @@ def test_decode_tasks_take_blocks_of_clips_only_on_large_runs():
     plan = make_plan(cfg, 1, 96, 8, num_clips=64000)
     assert plan.clips_per_block == 32 and "32 clips a task" in plan.lines(cfg)[0]
     assert make_plan(load_config("tiny"), 1, 2, 0, 12).clips_per_block == 1
+
+
+def test_no_progress_passes_no_progress_callback(tmp_path, monkeypatch):
+    """`--no-progress` hands run_preprocess no `on_progress`, so no counter actor starts
+    (pipeline/run.py); the bar's run gets one."""
+    from typer.testing import CliRunner
+
+    import tsa.pipeline.run as run
+    from tsa.cli import app
+
+    seen = []
+
+    def fake_run(*args, **kwargs):
+        seen.append(kwargs["on_progress"])
+        raise run.PreprocessError("stopped here by the test")
+
+    monkeypatch.setattr(run, "run_preprocess", fake_run)
+    (tmp_path / "src").mkdir()
+    args = ["preprocess", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--config", "tiny"]
+    for extra in ([], ["--no-progress"]):
+        res = CliRunner().invoke(app, args + extra)
+        assert res.exit_code == 2 and "stopped here by the test" in res.output, res.output
+    assert callable(seen[0]) and seen[1] is None
