@@ -19,13 +19,9 @@ import sys
 import time
 from collections import defaultdict
 
+from pytest_cpu import machine_cpu_seconds  # bench/ is on sys.path when this script runs
+
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def machine_cpu_seconds() -> float:
-    with open("/proc/stat") as f:
-        fields = f.readline().split()[1:]
-    return sum(int(x) for x in fields[:3] + fields[5:8]) / TICK
 
 
 def snapshot() -> dict[int, tuple[float, str]]:
