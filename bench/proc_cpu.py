@@ -90,6 +90,8 @@ def main() -> None:
         for pid, (cpu, title) in snapshot().items():
             if pid != me:
                 base = before[pid][0] if pid in before else 0.0
+                if pid in last and title.startswith("python (child of"):
+                    title = last[pid][1]  # an exited process (empty cmdline) keeps the title it had
                 last[pid] = (cpu - base, title)
         time.sleep(a.interval)
     wall, machine = time.monotonic() - start, machine_cpu_seconds() - start_cpu
