@@ -40,6 +40,8 @@ def python(code: str) -> None:
 
 
 def imports() -> None:
+    with Measure("python -c 'pass'"):
+        python("pass")
     with Measure("python -c 'import torch'"):
         python("import torch")
     with Measure("... + diffusers' AutoencoderKLCogVideoX (the VAE actor)"):
@@ -48,6 +50,31 @@ def imports() -> None:
         python("import torch; from transformers import T5EncoderModel")
     with Measure("... + tsa's preprocess, train and CLI modules"):
         python("import tsa.pipeline.run, tsa.pipeline.encoders, tsa.train.loop, tsa.cli")
+    # What each kind of process the suite starts imports before it does any work:
+    with Measure("a decode child's imports (tsa.pipeline.decode_proc)"):
+        python("import tsa.pipeline.decode_proc")
+    with Measure("a decode task worker's imports (ray, tsa.pipeline.prepare)"):
+        python("import ray, ray.data, tsa.pipeline.prepare")
+    with Measure("a model actor's imports (ray, encoders, the VAE, T5)"):
+        python("import ray, ray.data, tsa.pipeline.encoders; from diffusers import AutoencoderKLCogVideoX; "
+               "from transformers import T5EncoderModel")
+    with Measure("a Ray Train worker's imports (ray.train.torch, tsa.train.launch, the student)"):
+        python("import ray.train.torch, tsa.train.launch; from diffusers import CogVideoXTransformer3DModel")
+
+
+class Idle:
+    def ready(self) -> bool:
+        return True
+
+
+def actor_processes(n: int = 8) -> None:
+    import ray
+
+    with Measure(f"a Ray actor process that imports nothing (total for {n})"):
+        actors = [ray.remote(num_cpus=0)(Idle).remote() for _ in range(n)]
+        ray.get([a.ready.remote() for a in actors])
+        for a in actors:
+            ray.kill(a)
 
 
 class Noop:
@@ -131,6 +158,7 @@ def main() -> None:
                      runtime_env={"env_vars": {"TSA_CACHE": os.environ["TSA_CACHE"]}})
         with Measure("an idle local Ray for 30 s"):
             time.sleep(30)
+        actor_processes()
         ray_data_stages()
         clips, shards = tiny_runs(work)
         ray.shutdown()
