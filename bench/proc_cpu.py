@@ -46,20 +46,23 @@ def snapshot() -> dict[int, tuple[float, str]]:
     return out
 
 
-KINDS = [  # first match wins: (kind, pattern on the title)
-    ("pytest (driver and xdist workers)", r"pytest|xdist"),
+KINDS = [  # first match wins: (kind, pattern on the title). Ray's actors also appear under their
+    # 15-character kernel names (ray::RayTrainWo) when no sample read their command line.
+    ("pytest (driver and xdist workers)", r"pytest|xdist|import sys;exec\(eval"),
     ("ray: gcs_server", r"gcs_server"),
-    ("ray: raylet", r"/raylet "),
-    ("ray: dashboard, agents, log monitor", r"dashboard|agent|log_monitor|monitor\.py"),
+    ("ray: raylet", r"/raylet |^raylet"),
+    ("ray: dashboard, agents, log monitor", r"dashboard|[Aa]gent|log_monitor|monitor\.py"),
     ("ray data: map actors", r"ray::(MapWorker|_MapWorker)"),
-    ("ray data: other actors", r"ray::(_StatsActor|AutoscalingRequester|SplitCoordinator|OpBufferQueue|_ray_data)"),
-    ("ray train: workers", r"ray::(RayTrainWorker|TrainWorker|_RayTrainWorker)"),
-    ("ray train: controller and helpers", r"ray::(TrainController|Controller|DatasetManager|SynchronizationActor|"
-                                          r"TrainStateActor|_TrainSession)"),
-    ("tsa actors", r"ray::(ShardWriter|Progress|RunConsole|Sample|Gallery)"),
+    ("ray data: other actors", r"ray::(_StatsActo|_Autoscali|AutoscalingRequester|ActorLocat|SplitCoordinator|"
+                               r"OpBufferQueue|_ray_data)"),
+    ("ray train: workers", r"ray::(RayTrainWo|TrainWorker|_RayTrainWo)"),
+    ("ray train: controller and helpers", r"ray::(TrainContr|Controller|DatasetMan|Synchroniza|Preemption|"
+                                          r"PlacementG|TrainStateActor|_TrainSession)"),
+    ("tsa actors", r"ray::(ShardWrit|Progress|StageCount|RunConsole|Sample|Gallery|_Worker)"),
     ("ray: idle or task workers", r"ray::"),
     ("decode children", r"decode_proc"),
     ("tsa subprocesses", r"-m tsa |tsa/cli|__main__"),
+    ("multiprocessing children (spawn)", r"multiprocessing\.spawn"),
     ("moto server", r"moto"),
     ("chromium", r"chrom"),
 ]
