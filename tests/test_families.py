@@ -17,7 +17,7 @@ from tsa.cli import app
 from tsa.configs import ConfigError, load_config
 from tsa.models.tiny import resolve_tiny, tiny_fingerprint
 from tsa.models.cogvideox import FAMILY as COGVIDEOX
-from tsa.models.student import Student, build_projector, build_student
+from tsa.models.student import build_projector, build_student
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
